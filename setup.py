@@ -1,0 +1,28 @@
+"""Package definition for dale-langevin."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="dale-langevin",
+    version="0.1.0",
+    description="Multiplicative score-based diffusion (GBM, M-DSM, Dale-Langevin sampling) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["dale_langevin", "dale_langevin.*"]),
+    include_package_data=True,
+    install_requires=[
+        "jax>=0.4.36",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.11",
+        "chex>=0.1.87",
+        "ml-collections>=0.1.1",
+        "absl-py>=1.4",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "scipy>=1.11"],
+    },
+)

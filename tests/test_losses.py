@@ -1,0 +1,132 @@
+"""M-DSM: zero at the target, the published closed form, the noise parametrisation, DSM vs ESM."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dale_langevin import GBM, VESDE, VPSDE, LogNormalMixture, dsm_per_example, mdsm_loss, mdsm_per_example, mesm_loss
+from dale_langevin.losses import dsm_loss, sample_time, score_from_noise_fn
+
+
+def _batch(sde, key, shape=(6, 4, 4, 1), t_range=(0.05, 1.0)):
+    k0, k1, k2 = jax.random.split(key, 3)
+    x0 = sde.encode(jax.random.uniform(k0, shape))
+    t = jax.random.uniform(k1, shape[:1], minval=t_range[0], maxval=t_range[1])
+    return x0, t, sde.perturb(k2, x0, t)
+
+
+@pytest.mark.parametrize("sde", [GBM(), GBM(sigma=0.4, schedule="linear", sigma_end=1.0), VESDE(), VPSDE()])
+def test_zero_at_the_conditional_score(sde):
+    x0, t, x_t = _batch(sde, jax.random.key(0))
+    loss = dsm_per_example(sde.cond_score(x_t, x0, t), x_t, x0, t, sde)
+    chex.assert_shape(loss, (x0.shape[0],))
+    np.testing.assert_allclose(loss, 0.0, atol=1e-9)
+    assert bool(jnp.all(dsm_per_example(sde.cond_score(x_t, x0, t) + 0.1, x_t, x0, t, sde) > 0))
+
+
+def test_published_per_example_formula():
+    # sum_pixels (v_t h + log(x_t / x0) - (mu - 1.5 sigma^2) t)^2 for constant sigma, mu (paper-notes).
+    sde = GBM(sigma=0.7, mu=0.1)
+    x0, t, x_t = _batch(sde, jax.random.key(1))
+    h = jax.random.normal(jax.random.key(2), x0.shape)
+    tt = t[:, None, None, None]
+    ref = jnp.sum(
+        (0.49 * tt * h + jnp.log(x_t / x0) - (0.1 - 1.5 * 0.49) * tt) ** 2, axis=(1, 2, 3)
+    )
+    np.testing.assert_allclose(mdsm_per_example(h, x_t, x0, t, sde), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sde", [GBM(), VESDE(), VPSDE()])
+def test_noise_parametrisation_gives_noise_mse(sde):
+    # With the score built from a noise prediction, lambda = std^2 makes the loss ||eps_hat - eps||^2.
+    k0, k1, k2, k3 = jax.random.split(jax.random.key(3), 4)
+    x0 = sde.encode(jax.random.uniform(k0, (5, 3, 3, 1)))
+    t = jax.random.uniform(k1, (5,), minval=0.05, maxval=1.0)
+    eps = jax.random.normal(k2, x0.shape)
+    x_t = sde.perturb(k2, x0, t)  # same key: the same eps
+    eps_hat = jax.random.normal(k3, x0.shape)
+    h = sde.score_from_noise(eps_hat, t)
+    ref = jnp.sum((eps_hat - eps) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(dsm_per_example(h, x_t, x0, t, sde, "noise"), ref, rtol=1e-3)
+    np.testing.assert_allclose(sde.cond_score(x_t, x0, t), sde.score_from_noise(eps, t), rtol=1e-3, atol=1e-3)
+
+
+def test_gbm_weightings():
+    sde = GBM(sigma=0.5, schedule="linear", sigma_end=1.5)
+    t = jnp.array([0.2, 0.9])
+    v = sde.log_var(t)
+    np.testing.assert_allclose(sde.loss_weight(t), v**2)
+    np.testing.assert_allclose(sde.loss_weight(t, "noise"), v)
+    np.testing.assert_allclose(sde.loss_weight(t, "likelihood"), sde.sigma_t(t) ** 2)
+    with pytest.raises(ValueError, match="weighting"):
+        sde.loss_weight(t, "v3")
+
+
+def test_mdsm_minus_mesm_is_the_same_constant_for_two_predictors():
+    # Toy data: i.i.d. log-normal-mixture pixels, so the marginal Hyvarinen score is exact.
+    sde = GBM()
+    mixture = LogNormalMixture.create([0.4, 0.6], [0.1, 0.55], [0.08, 0.1])
+    n = 200_000
+    k0, k1, k2 = jax.random.split(jax.random.key(4), 3)
+    x0 = mixture.sample(k0, (n, 1))
+    t = sample_time(k1, n, sde, "grid", n_steps=1000)
+    x_t = sde.perturb(k2, x0, t)
+    h_true = mixture.hyvarinen(x_t, sde, t)
+    y = jnp.log(x_t)
+    predictors = {
+        "near": h_true + 0.5 * jnp.sin(3.0 * y) * t[:, None],
+        "far": -1.0 + 0.8 * y - 0.3 * t[:, None],
+    }
+    gaps, losses = {}, {}
+    for name, h in predictors.items():
+        dsm = mdsm_per_example(h, x_t, x0, t, sde)
+        esm = jax.vmap(lambda *a: mesm_loss(*a, sde=sde))(h[:, None], h_true[:, None], x_t[:, None], t[:, None])
+        gaps[name] = np.asarray(dsm - esm, np.float64)
+        losses[name] = np.asarray(dsm, np.float64)
+    # Per sample, the gap difference is -2 lambda (h_near - h_far)(h_cond - h_true): zero mean.
+    d = gaps["near"] - gaps["far"]
+    assert abs(d.mean()) < 4.0 * d.std() / np.sqrt(n), (d.mean(), d.std() / np.sqrt(n))
+    # Power: the two predictors' M-DSM losses themselves differ by far more than that.
+    diff = losses["far"] - losses["near"]
+    assert diff.mean() > 20.0 * diff.std() / np.sqrt(n)
+
+
+def test_mesm_zero_at_truth_and_weighted():
+    sde = GBM()
+    x = jnp.ones((3, 2, 2))
+    t = jnp.array([0.1, 0.5, 1.0])
+    h = jnp.zeros_like(x)
+    assert float(mesm_loss(h, h, x, t, sde)) == 0.0
+    np.testing.assert_allclose(mesm_loss(h + 1.0, h, x, t, sde), jnp.mean(4 * sde.log_var(t) ** 2), rtol=1e-6)
+
+
+def test_sample_time_grid_and_uniform():
+    sde = GBM(T=2.0)
+    t = sample_time(jax.random.key(5), 4096, sde, "grid", n_steps=10)
+    k = np.asarray(t) * 10 / 2.0
+    np.testing.assert_allclose(k, np.round(k), atol=1e-5)
+    assert set(np.round(k).astype(int)) == set(range(1, 10))
+    u = sample_time(jax.random.key(6), 4096, sde, "uniform", t_min=0.2)
+    assert float(u.min()) >= 0.2 and float(u.max()) <= 2.0
+    with pytest.raises(ValueError, match="t_sampling"):
+        sample_time(jax.random.key(5), 4, sde, "sobol")
+    with pytest.raises(ValueError, match="t_min"):
+        sample_time(jax.random.key(5), 4, sde, "uniform", t_min=3.0)
+
+
+def test_mdsm_loss_is_jittable_and_differentiable():
+    sde = GBM()
+    x0 = sde.encode(jax.random.uniform(jax.random.key(7), (8, 4, 4, 1)))
+
+    def loss(theta, rng):  # a one-parameter noise predictor
+        return mdsm_loss(rng, score_from_noise_fn(lambda x, t: theta * jnp.log(x), sde), x0, sde, weighting="noise")
+
+    value, grad = jax.jit(jax.value_and_grad(loss))(0.3, jax.random.key(8))
+    chex.assert_shape(value, ())
+    chex.assert_tree_all_finite((value, grad))
+    assert dsm_loss is mdsm_loss
+    # Finite-difference check of the gradient (same rng, so the same t and x_t).
+    fd = (loss(0.3 + 1e-2, jax.random.key(8)) - loss(0.3 - 1e-2, jax.random.key(8))) / 2e-2
+    np.testing.assert_allclose(grad, fd, rtol=1e-2)
