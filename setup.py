@@ -12,6 +12,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["dale_langevin", "dale_langevin.*"]),
     include_package_data=True,
+    package_data={"dale_langevin": ["embedded/*.npz", "embedded/*.md"]},
     install_requires=[
         "jax>=0.4.36",
         "flax>=0.10",
@@ -21,6 +22,10 @@ setup(
         "ml-collections>=0.1.1",
         "absl-py>=1.4",
         "numpy>=1.26",
+        "tensorflow-cpu>=2.16",  # tf.data for TFDS and TensorBoard summaries; JAX does the math
+        "tensorflow-datasets>=4.9.6",
+        "pillow>=10",
+        "tqdm>=4.66",
     ],
     extras_require={
         "test": ["pytest>=8", "scipy>=1.11"],
