@@ -26,6 +26,8 @@ setup(
         "tensorflow-datasets>=4.9.6",
         "pillow>=10",
         "tqdm>=4.66",
+        "tensorboard>=2.16",  # flax.metrics.tensorboard writes through tf.summary
+        "importlib_resources>=6",  # TFDS needs it to download
     ],
     extras_require={
         "test": ["pytest>=8", "scipy>=1.11"],

@@ -33,6 +33,7 @@ class _LinearGaussianSDE:
     """
 
     sampler_methods: ClassVar[tuple[str, ...]] = ("euler_maruyama",)
+    prior_type: ClassVar[type] = GaussianPrior
 
     def perturb(self, rng: jax.Array, x0: jax.Array, t: jax.Array) -> jax.Array:
         """Exact sample ``a_t x0 + s_t eps``; shape of ``x0``."""
@@ -47,6 +48,11 @@ class _LinearGaussianSDE:
     def score_from_noise(self, eps_hat: jax.Array, t: jax.Array) -> jax.Array:
         """The parametrisation: predicted noise -> score ``-eps_hat / s_t``; shape of ``eps_hat``."""
         return -eps_hat / expand_time(self.noise_std(t), eps_hat)
+
+    def network_input(self, x_t: jax.Array, t: jax.Array) -> jax.Array:
+        """``x_t / sqrt(a_t**2 + s_t**2)``: unit scale for data of unit scale (VE reaches s_t = 50)."""
+        a, s = expand_time(self.mean_coeff(t), x_t), expand_time(self.noise_std(t), x_t)
+        return x_t / jnp.sqrt(a**2 + s**2)
 
     def loss_weight(self, t: jax.Array, weighting: str = "published") -> jax.Array:
         """``published`` and ``noise``: s_t**2 (Song et al.); ``likelihood``: g(t)**2; shape of ``t``."""

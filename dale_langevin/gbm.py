@@ -86,6 +86,7 @@ class GBM:
     data_offset: float = 1.0
 
     sampler_methods: ClassVar[tuple[str, ...]] = ("dale_langevin", "sign_agnostic")
+    prior_type: ClassVar[type] = LogNormalPrior
 
     def __post_init__(self):
         _positive_finite(self.sigma, "GBM.sigma")
@@ -147,6 +148,11 @@ class GBM:
         network that predicts ``eps`` (unit scale at every t) yields the score this way.
         """
         return -1.0 - eps_hat / expand_time(self.noise_std(t), eps_hat)
+
+    def network_input(self, x_t: jax.Array, t: jax.Array) -> jax.Array:
+        """``log x_t``: the log domain is where the kernel is Gaussian and O(1) at every t."""
+        del t
+        return jnp.log(x_t)
 
     def loss_weight(self, t: jax.Array, weighting: str = "published") -> jax.Array:
         """M-DSM weighting: ``published`` v_t**2, ``noise`` v_t, ``likelihood`` sigma(t)**2; shape of ``t``."""

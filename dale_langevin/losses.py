@@ -5,8 +5,9 @@ For GBM the target is the conditional Hyvarinen score and the published weightin
 The same code serves the VE/VP processes with their Stein-score targets (see
 :mod:`dale_langevin.process`).
 
-Network parametrisation: a network predicts the standardised noise ``eps_hat`` of the kernel in
-its Gaussian domain (log space for GBM); :func:`score_from_noise_fn` turns it into the score via
+Network parametrisation: a network sees ``process.network_input(x_t, t)`` (``log x_t`` for GBM)
+and the noise level ``log std_t``, and predicts the standardised noise ``eps_hat`` of the kernel in
+its Gaussian domain; :func:`network_score_fn` turns it into the score via
 ``process.score_from_noise`` (GBM: ``h = -1 - eps_hat / sqrt(v_t)``). The network never sees it.
 """
 
@@ -74,6 +75,21 @@ def sample_time(
     return jax.random.uniform(rng, (batch,), jnp.float32, t_min, process.T)
 
 
+def _draw(rng: jax.Array, x0: jax.Array, process: DiffusionProcess, t_sampling: str, n_steps: int, t_min: float):
+    """``(t, x_t)`` from one key for the batch, or from a batch of keys ``(B,)``, one per example."""
+    if rng.ndim == 0:
+        t_rng, x_rng = jax.random.split(rng)
+        t = sample_time(t_rng, x0.shape[0], process, t_sampling, n_steps, t_min)
+        return t, process.perturb(x_rng, x0, t)
+
+    def one(key, x):
+        t_rng, x_rng = jax.random.split(key)
+        t = sample_time(t_rng, 1, process, t_sampling, n_steps, t_min)
+        return t[0], process.perturb(x_rng, x[None], t)[0]
+
+    return jax.vmap(one)(rng, x0)
+
+
 def dsm_loss(
     rng: jax.Array,
     score_fn: ScoreFn,
@@ -90,20 +106,29 @@ def dsm_loss(
     Draws ``t`` (see :func:`sample_time`) and ``x_t ~ p(x_t | x0)``, evaluates ``score_fn(x_t, t)``
     and averages :func:`dsm_per_example` over the batch. With a :class:`~dale_langevin.gbm.GBM` this
     is the M-DSM objective of the paper (``mdsm_loss`` is the same function).
+
+    ``rng`` is one typed key, or a batch of typed keys ``(B,)`` giving each example its own draws
+    (so a batch split over devices draws exactly what the whole batch would on one device).
     """
-    t_rng, x_rng = jax.random.split(rng)
-    t = sample_time(t_rng, x0.shape[0], process, t_sampling, n_steps, t_min)
-    x_t = process.perturb(x_rng, x0, t)
+    if rng.ndim not in (0, 1) or (rng.ndim == 1 and rng.shape[0] != x0.shape[0]):
+        raise ValueError(f"rng must be one typed key or one per example ({x0.shape[0]},), got shape {rng.shape}")
+    t, x_t = _draw(rng, x0, process, t_sampling, n_steps, t_min)
     return jnp.mean(dsm_per_example(score_fn(x_t, t), x_t, x0, t, process, weighting))
 
 
 mdsm_loss = dsm_loss
 
 
-def score_from_noise_fn(noise_fn: ScoreFn, process: DiffusionProcess) -> ScoreFn:
-    """Wraps a noise predictor ``noise_fn(x_t, t) -> eps_hat`` into ``score_fn(x_t, t) -> score``."""
+def network_score_fn(net_fn: Callable[[jax.Array, jax.Array], jax.Array], process: DiffusionProcess) -> ScoreFn:
+    """The documented parametrisation: a noise-predicting network -> ``score_fn(x_t, t)``.
+
+    ``net_fn(inputs, noise_level)`` takes ``process.network_input(x_t, t)`` ``(B, ...)`` and
+    ``log std_t`` ``(B,)`` and predicts the kernel's standardised noise ``eps_hat`` ``(B, ...)``;
+    the score is ``process.score_from_noise(eps_hat, t)`` (GBM: ``h = -1 - eps_hat / sqrt(v_t)``).
+    """
 
     def score_fn(x_t, t):
-        return process.score_from_noise(noise_fn(x_t, t), t)
+        eps_hat = net_fn(process.network_input(x_t, t), jnp.log(process.noise_std(t)))
+        return process.score_from_noise(eps_hat, t)
 
     return score_fn

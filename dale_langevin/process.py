@@ -30,6 +30,7 @@ class DiffusionProcess(Protocol):
 
     T: float
     sampler_methods: ClassVar[tuple[str, ...]]
+    prior_type: ClassVar[type]  # built as prior_type(loc, scale): LogNormalPrior or GaussianPrior
 
     def perturb(self, rng: jax.Array, x0: jax.Array, t: jax.Array) -> jax.Array:
         """Samples ``x_t ~ p(x_t | x0)`` exactly; same shape as ``x0``."""
@@ -42,6 +43,9 @@ class DiffusionProcess(Protocol):
 
     def score_from_noise(self, eps_hat: jax.Array, t: jax.Array) -> jax.Array:
         """The network parametrisation: predicted standardised noise -> score; shape of ``eps_hat``."""
+
+    def network_input(self, x_t: jax.Array, t: jax.Array) -> jax.Array:
+        """What the network sees of ``x_t``: an O(1)-scaled array of the same shape."""
 
     def loss_weight(self, t: jax.Array, weighting: str = "published") -> jax.Array:
         """``lambda(t)`` for a name in ``WEIGHTINGS``; shape of ``t``."""

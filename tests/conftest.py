@@ -6,8 +6,16 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=2".strip()
 
+import tempfile  # noqa: E402
+
 import jax  # noqa: E402  (must follow the flag)
 import pytest  # noqa: E402
+
+# Identical computations compiled by different tests (each train run builds its own step) are
+# compiled once: a persistent cache private to this session.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="jax_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dale_langevin import GBM, VESDE, VPSDE, LogNormalMixture, dsm_per_example, mdsm_loss, mdsm_per_example, mesm_loss
-from dale_langevin.losses import dsm_loss, sample_time, score_from_noise_fn
+from dale_langevin.losses import dsm_loss, network_score_fn, sample_time
 
 
 def _batch(sde, key, shape=(6, 4, 4, 1), t_range=(0.05, 1.0)):
@@ -121,7 +121,7 @@ def test_mdsm_loss_is_jittable_and_differentiable():
     x0 = sde.encode(jax.random.uniform(jax.random.key(7), (8, 4, 4, 1)))
 
     def loss(theta, rng):  # a one-parameter noise predictor
-        return mdsm_loss(rng, score_from_noise_fn(lambda x, t: theta * jnp.log(x), sde), x0, sde, weighting="noise")
+        return mdsm_loss(rng, network_score_fn(lambda inp, level: theta * inp, sde), x0, sde, weighting="noise")
 
     value, grad = jax.jit(jax.value_and_grad(loss))(0.3, jax.random.key(8))
     chex.assert_shape(value, ())
@@ -130,3 +130,15 @@ def test_mdsm_loss_is_jittable_and_differentiable():
     # Finite-difference check of the gradient (same rng, so the same t and x_t).
     fd = (loss(0.3 + 1e-2, jax.random.key(8)) - loss(0.3 - 1e-2, jax.random.key(8))) / 2e-2
     np.testing.assert_allclose(grad, fd, rtol=1e-2)
+
+
+def test_per_example_keys_do_not_depend_on_the_batch_split():
+    sde = GBM()
+    x0 = sde.encode(jax.random.uniform(jax.random.key(9), (8, 4, 4, 1)))
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(10), i))(jnp.arange(8))
+    score = network_score_fn(lambda inp, level: 0.2 * inp + level[:, None, None, None], sde)
+    whole = dsm_loss(keys, score, x0, sde)
+    halves = 0.5 * (dsm_loss(keys[:4], score, x0[:4], sde) + dsm_loss(keys[4:], score, x0[4:], sde))
+    np.testing.assert_allclose(whole, halves, rtol=1e-6)
+    with pytest.raises(ValueError, match="one per example"):
+        dsm_loss(keys[:3], score, x0, sde)

@@ -1,0 +1,36 @@
+"""Image grids as PNG files (Pillow), for people who would rather look than read."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2, scale: int = 2) -> np.ndarray:
+    """Tiles ``images`` ``(N, H, W, C)`` in [0, 1] into one uint8 array ``(rows*(H+pad)+pad, ..., C)``.
+
+    Cells are separated by ``pad`` pixels of mid grey and enlarged ``scale`` times (nearest).
+    """
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"expected images (N, H, W, 1 or 3), got {images.shape}")
+    n, h, w, c = images.shape
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 0.5, np.float32)
+    for i, img in enumerate(np.clip(images, 0.0, 1.0)):
+        r, q = divmod(i, ncols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = img
+    grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+    return (grid * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_grid(images: np.ndarray, path: str, ncols: int | None = None) -> str:
+    """Writes :func:`make_grid` of ``images`` ``(N, H, W, C)`` in [0, 1] to ``path`` (PNG); returns the path."""
+    grid = make_grid(images, ncols)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    return path

@@ -1,0 +1,139 @@
+"""A time-conditional U-Net noise predictor (Flax linen).
+
+``ScoreUNet(...)(x, noise_level, train=...)`` maps an input ``(B, H, W, C)`` and a per-example noise
+level ``(B,)`` to an output of the input's shape. It knows nothing of GBM: what it is fed and how
+its output becomes a score is the parametrisation in :mod:`dale_langevin.losses`
+(``network_input`` and ``score_from_noise`` of the process).
+
+How it differs from the published networks: the paper used NCSN-family RefineNets (NCSN v1/v2,
+InstanceNorm++, ELU, conditioned on the integer noise index) and NCSN++ for CIFAR-10. This is the
+DDPM/NCSN++-style U-Net instead: GroupNorm, SiLU, residual blocks with an additive embedding of
+the continuous noise level ``log std_t``, optional self-attention at chosen resolutions, nearest
+upsampling; it is much smaller by default so it trains on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def sinusoidal_embedding(level: jax.Array, dim: int, scale: float = 100.0, max_period: float = 1e4) -> jax.Array:
+    """Sin/cos features of a scalar per example: ``level`` ``(B,)`` -> ``(B, dim)`` (``dim`` even).
+
+    ``scale * level`` is embedded with frequencies geometric between 1 and ``1 / max_period`` (the
+    DDPM position embedding). ``log std_t`` spans about 4 units over a schedule, so the default
+    ``scale`` spreads it over a few hundred positions, as DDPM's integer steps are.
+    """
+    if dim % 2:
+        raise ValueError(f"embedding dim must be even, got {dim}")
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = scale * level[:, None].astype(jnp.float32) * freqs[None]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+def _groups(channels: int, max_groups: int = 32) -> int:
+    return math.gcd(channels, max_groups) if channels >= 8 else 1
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-Conv twice, with the embedding added in between; 1x1 skip when channels change."""
+
+    out_channels: int
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, emb: jax.Array, *, train: bool) -> jax.Array:
+        h = nn.silu(nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
+        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h)
+        h = h + nn.Dense(self.out_channels, dtype=self.dtype)(nn.silu(emb))[:, None, None, :]
+        h = nn.silu(nn.GroupNorm(_groups(self.out_channels), dtype=self.dtype)(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+        if x.shape[-1] != self.out_channels:
+            x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype)(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the spatial positions, residual."""
+
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, hgt, wid, c = x.shape
+        h = nn.GroupNorm(_groups(c), dtype=self.dtype)(x).reshape(b, hgt * wid, c)
+        h = nn.SelfAttention(num_heads=1, dtype=self.dtype, out_kernel_init=nn.initializers.zeros)(h)
+        return x + h.reshape(b, hgt, wid, c)
+
+
+class ScoreUNet(nn.Module):
+    """U-Net noise predictor.
+
+    Attributes:
+      channels: base width; level ``i`` has ``channels * channel_mult[i]`` channels.
+      channel_mult: width multipliers, one per resolution (downsampling by 2 between levels).
+      num_res_blocks: residual blocks per level on the way down (one more on the way up).
+      attn_resolutions: spatial sizes (e.g. ``(7,)`` for 28x28 input) that get self-attention.
+      dropout: dropout rate inside residual blocks (active only with ``train=True``).
+      dtype: computation dtype (``jnp.bfloat16`` on TPU/GPU is an option); parameters stay float32
+        and the output is returned as float32.
+    """
+
+    channels: int = 32
+    channel_mult: Sequence[int] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attn_resolutions: Sequence[int] = ()
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, noise_level: jax.Array, *, train: bool = False) -> jax.Array:
+        """``x`` ``(B, H, W, C)``, ``noise_level`` ``(B,)`` -> ``(B, H, W, C)`` float32."""
+        if x.ndim != 4 or noise_level.shape != x.shape[:1]:
+            raise ValueError(f"expected x (B, H, W, C) and noise_level (B,), got {x.shape} and {noise_level.shape}")
+        levels = len(self.channel_mult)
+        if x.shape[1] % 2 ** (levels - 1) or x.shape[2] % 2 ** (levels - 1):
+            raise ValueError(f"image size {x.shape[1:3]} must divide by 2**{levels - 1} for channel_mult={self.channel_mult}")
+        emb_dim = 4 * self.channels
+        emb = sinusoidal_embedding(noise_level, self.channels)
+        emb = nn.Dense(emb_dim, dtype=self.dtype)(emb)
+        emb = nn.Dense(emb_dim, dtype=self.dtype)(nn.silu(emb))
+
+        block = lambda c: ResBlock(c, self.dropout, self.dtype)  # noqa: E731
+        h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
+        skips = [h]
+        for i, mult in enumerate(self.channel_mult):
+            for _ in range(self.num_res_blocks):
+                h = block(self.channels * mult)(h, emb, train=train)
+                if h.shape[1] in self.attn_resolutions:
+                    h = AttnBlock(self.dtype)(h)
+                skips.append(h)
+            if i < levels - 1:
+                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)
+                skips.append(h)
+
+        h = block(h.shape[-1])(h, emb, train=train)
+        h = AttnBlock(self.dtype)(h) if h.shape[1] in self.attn_resolutions else h
+        h = block(h.shape[-1])(h, emb, train=train)
+
+        for i, mult in reversed(list(enumerate(self.channel_mult))):
+            for _ in range(self.num_res_blocks + 1):
+                h = block(self.channels * mult)(jnp.concatenate([h, skips.pop()], axis=-1), emb, train=train)
+                if h.shape[1] in self.attn_resolutions:
+                    h = AttnBlock(self.dtype)(h)
+            if i > 0:
+                b, hgt, wid, c = h.shape
+                h = jax.image.resize(h, (b, 2 * hgt, 2 * wid, c), "nearest")
+                h = nn.Conv(c, (3, 3), dtype=self.dtype)(h)
+
+        h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]), dtype=self.dtype)(h))
+        out = nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+        return out.astype(jnp.float32)

@@ -1,0 +1,136 @@
+"""Sampling from a trained model: the start (prior or class averages), pmapped batches, files.
+
+``sample_and_save(config, workdir)`` is what ``main --mode=sample`` calls: it restores the latest
+EMA parameters and writes ``samples.npz`` and ``samples.png`` to the work directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dale_langevin import config as config_lib, data, images, parallel, samplers
+from dale_langevin.losses import network_score_fn
+
+STATS_FILE = "start_stats.npz"
+
+
+def start_stats(config, process, workdir: str | None = None, *, write: bool = True) -> dict[str, np.ndarray]:
+    """Per-pixel and scalar prior fits of ``X_T`` and per-class mean images, from the training split.
+
+    Returns numpy arrays: ``pixel_loc``/``pixel_scale`` ``(H, W, C)``, ``scalar_loc``/``scalar_scale``
+    ``()``, ``class_means`` ``(num_classes, H, W, C)`` in the process domain. Cached in
+    ``workdir/start_stats.npz`` so sampling later needs no data.
+    """
+    path = os.path.join(workdir, STATS_FILE) if workdir else None
+    if path and os.path.exists(path):
+        with np.load(path) as f:
+            return dict(f)
+    pixels, labels = data.load_arrays(config.data.dataset, "train", data_dir=config.data.data_dir,
+                                      download=config.data.download)
+    x0 = np.asarray(process.encode(pixels.astype(np.float32) / 255.0))
+    per_pixel, scalar = process.fit_prior(x0, per_pixel=True), process.fit_prior(x0, per_pixel=False)
+    n_classes = data.get_spec(config.data.dataset).num_classes
+    stats = dict(
+        pixel_loc=np.asarray(per_pixel.loc), pixel_scale=np.asarray(per_pixel.scale),
+        scalar_loc=np.asarray(scalar.loc), scalar_scale=np.asarray(scalar.scale),
+        class_means=np.stack([x0[labels == k].mean(axis=0) for k in range(n_classes)]).astype(np.float32),
+    )
+    if path and write:
+        np.savez(path, **stats)
+    return stats
+
+
+def initial_state(rng: jax.Array, process, stats: dict, start: str, n: int) -> tuple[jax.Array, np.ndarray]:
+    """``n`` starting points ``x_T`` ``(n, H, W, C)`` and their class labels (``-1`` unless class-average).
+
+    ``per_pixel``/``scalar``: the fitted prior. ``class_average``: per-class mean training images
+    pushed forward to ``T`` by the exact forward kernel, classes cycling 0, 1, 2, ...
+    """
+    config_lib._require(start in config_lib.STARTS, "sampling.start", f"must be one of {config_lib.STARTS}, got {start!r}")
+    shape = (n, *stats["class_means"].shape[1:])
+    if start == "class_average":
+        labels = np.arange(n) % stats["class_means"].shape[0]
+        x0 = jnp.asarray(stats["class_means"][labels])
+        return process.perturb(rng, x0, jnp.full((n,), process.T)), labels
+    key = "pixel" if start == "per_pixel" else "scalar"
+    prior = process.prior_type(jnp.asarray(stats[f"{key}_loc"]), jnp.asarray(stats[f"{key}_scale"]))
+    return prior.sample(rng, shape), np.full((n,), -1)
+
+
+def generate(config, process, model, params, stats: dict, rng: jax.Array, n: int, n_steps: int | None = None):
+    """Draws ``n`` images with the configured sampler, pmapped over local devices in batches.
+
+    Returns ``(images, raw, labels)``: images in [0, 1] ``(n, H, W, C)``, the sampler's raw output
+    in the process domain, and the start labels.
+    """
+    n_dev = parallel.local_device_count()
+    batch = config.sampling.batch_size
+    kwargs = config_lib.sampler_kwargs(config, n_steps)
+
+    def device_sample(params, rng, x_T):
+        net = lambda inp, level: model.apply(params, inp, level, train=False)  # noqa: E731
+        return samplers.sample(rng, network_score_fn(net, process), x_T, process, **kwargs)
+
+    p_sample = parallel.pmap(device_sample)
+    rparams = parallel.replicate(params)
+    raws, labels = [], []
+    for b in range(math.ceil(n / batch)):
+        start_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, b))
+        x_T, lab = initial_state(start_rng, process, stats, config.sampling.start, batch)
+        x_T = x_T.reshape(n_dev, batch // n_dev, *x_T.shape[1:])
+        out = p_sample(rparams, jax.random.split(noise_rng, n_dev), parallel.shard(x_T))
+        raws.append(np.asarray(out).reshape(batch, *out.shape[2:]))
+        labels.append(lab)
+    raw = np.concatenate(raws)[:n]
+    return np.asarray(process.decode(raw)), raw, np.concatenate(labels)[:n]
+
+
+def network_evaluations(config, n_steps: int | None = None) -> int:
+    """Score evaluations per sample: ``n_steps * n_inner + denoise_steps``."""
+    s = config.sampling
+    return (n_steps or s.n_steps) * s.n_inner + s.denoise_steps
+
+
+def write_grid(config, process, model, params, stats, path: str, *, n_steps: int | None = None, write: bool = True,
+               n: int = 64, seed: int = 0) -> np.ndarray:
+    """Samples ``n`` images and writes them as a PNG grid (process 0 only); returns the images."""
+    imgs, _, _ = generate(config, process, model, params, stats, jax.random.key(seed), n, n_steps)
+    if write:
+        images.save_grid(imgs, path)
+    return imgs
+
+
+def sample_and_save(config, workdir: str) -> dict:
+    """``--mode=sample``: latest EMA params -> ``samples.npz`` (images, raw, labels) and ``samples.png``.
+
+    Returns a summary dict with the number of network evaluations and the wall time.
+    """
+    from dale_langevin import checkpoint, train  # train imports this module
+
+    config_lib.validate(config)
+    process, model, _, state = train.build(config)
+    mngr = checkpoint.manager(workdir, config.training.keep_checkpoints)
+    restored = checkpoint.restore_latest(mngr, state)
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (--mode=train)")
+    stats = start_stats(config, process, workdir, write=jax.process_index() == 0)
+    s = config.sampling
+    t0 = time.perf_counter()
+    imgs, raw, labels = generate(config, process, model, restored.ema_params, stats, jax.random.key(config.seed + 1),
+                                 s.n_samples)
+    seconds = time.perf_counter() - t0
+    summary = dict(step=int(restored.step), n_samples=s.n_samples, method=s.method, n_steps=s.n_steps,
+                   start=s.start, network_evaluations=network_evaluations(config), seconds=seconds)
+    if jax.process_index() == 0:
+        np.savez(os.path.join(workdir, "samples.npz"), images=imgs, raw=raw, labels=labels)
+        images.save_grid(imgs, os.path.join(workdir, "samples.png"))
+        print(f"Sampled {s.n_samples} images at step {summary['step']} with {s.method}, {s.n_steps} levels, "
+              f"start {s.start}: {summary['network_evaluations']} network evaluations per sample, "
+              f"{seconds:.1f} s wall (compile included) -> {workdir}/samples.png", flush=True)
+    return summary

@@ -1,0 +1,242 @@
+"""Data pipeline: embedded MNIST splits and iterator, TFDS datasets under mock_data, offline failures."""
+
+import collections
+import socket
+import subprocess
+import sys
+import time
+
+import chex
+import numpy as np
+import pytest
+
+from dale_langevin import GBM, VESDE, data
+
+TFDS_NAMES = ("mnist", "fashion_mnist", "kmnist", "cifar10")
+IDENTITY = lambda u: u  # noqa: E731
+
+
+def _row_keys(images_u8: np.ndarray, labels: np.ndarray) -> list[bytes]:
+    """One hashable key per example (pixels + label), to count visits."""
+    return [im.tobytes() + int(lab).to_bytes(1, "little") for im, lab in zip(images_u8, labels)]
+
+
+def _epoch_keys(it, n_batches: int) -> list[bytes]:
+    """Keys of every example in the next ``n_batches`` batches of an identity-encoded iterator."""
+    keys = []
+    for _ in range(n_batches):
+        b = next(it)
+        pixels = np.rint(b["images"] * 255.0).astype(np.uint8)
+        keys += _row_keys(pixels.reshape(-1, *pixels.shape[2:]), b["labels"].reshape(-1))
+    return keys
+
+
+# -- registry ------------------------------------------------------------------------------------
+
+
+def test_specs_and_unknown_dataset():
+    assert set(data.DATASETS) == {"embedded_mnist", *TFDS_NAMES}
+    assert data.get_spec("embedded_mnist").tfds_name is None
+    assert data.image_shape("cifar10") == (32, 32, 3)
+    for name in ("mnist", "fashion_mnist", "kmnist"):
+        spec = data.get_spec(name)
+        assert (spec.tfds_name, spec.image_shape, spec.num_classes) == (name, (28, 28, 1), 10)
+    with pytest.raises(ValueError, match=r"config\.data\.dataset") as info:
+        data.get_spec("imagenet")
+    assert "imagenet" in str(info.value) and "fashion_mnist" in str(info.value)
+
+
+# -- embedded MNIST ------------------------------------------------------------------------------
+
+
+def test_embedded_arrays():
+    images, labels = data.load_embedded_mnist()
+    chex.assert_shape(images, (5000, 28, 28, 1))
+    chex.assert_shape(labels, (5000,))
+    assert images.dtype == np.uint8 and labels.dtype == np.int32
+    assert images.min() == 0 and images.max() == 255
+    np.testing.assert_array_equal(np.bincount(labels), np.full(10, 500))
+    assert not images.flags.writeable and not labels.flags.writeable
+    assert data.load_embedded_mnist()[0] is images  # cached
+    assert len(set(_row_keys(images, labels))) == 5000  # all distinct, so keys identify examples
+
+
+def test_embedded_splits_balanced_and_disjoint():
+    xtr, ytr = data.load_arrays("embedded_mnist", "train")
+    xte, yte = data.load_arrays("embedded_mnist", "test")
+    chex.assert_shape(xtr, (4500, 28, 28, 1))
+    chex.assert_shape(xte, (500, 28, 28, 1))
+    assert ytr.dtype == yte.dtype == np.int32
+    np.testing.assert_array_equal(np.bincount(ytr), np.full(10, 450))
+    np.testing.assert_array_equal(np.bincount(yte), np.full(10, 50))
+    train, test = set(_row_keys(xtr, ytr)), set(_row_keys(xte, yte))
+    assert not train & test
+    assert train | test == set(_row_keys(*data.load_embedded_mnist()))
+    x5, y5 = data.load_arrays("embedded_mnist", "test", max_examples=5)
+    np.testing.assert_array_equal(x5, xte[:5])
+    np.testing.assert_array_equal(y5, yte[:5])
+    with pytest.raises(ValueError, match="validation"):
+        data.load_arrays("embedded_mnist", "validation")
+
+
+@pytest.mark.parametrize("sde, lo, hi", [(GBM(), 1.0, 2.0), (VESDE(), -1.0, 1.0)])
+def test_embedded_iterator_shapes_and_encode(sde, lo, hi):
+    it = data.train_iterator("embedded_mnist", global_batch=64, n_local_devices=2, encode=sde.encode)
+    for _ in range(3):
+        b = next(it)
+        chex.assert_shape(b["images"], (2, 32, 28, 28, 1))
+        chex.assert_shape(b["labels"], (2, 32))
+        assert b["images"].dtype == np.float32 and b["labels"].dtype == np.int32
+        assert b["images"].min() >= lo and b["images"].max() <= hi
+        # Digits have both background and full ink, so the encoded range is reached at both ends.
+        np.testing.assert_allclose([b["images"].min(), b["images"].max()], [lo, hi], atol=1e-6)
+        assert set(np.unique(b["labels"])) <= set(range(10))
+
+
+def test_embedded_iterator_deterministic_per_seed():
+    def first(seed, n=4):
+        it = data.train_iterator("embedded_mnist", global_batch=32, n_local_devices=2, encode=IDENTITY, seed=seed)
+        return [next(it) for _ in range(n)]
+
+    a, b, c = first(0), first(0), first(1)
+    for x, y in zip(a, b):
+        chex.assert_trees_all_equal(x, y)
+    assert not np.array_equal(a[0]["images"], c[0]["images"])
+
+
+def test_embedded_epochs_visit_each_train_example_once():
+    it = data.train_iterator("embedded_mnist", global_batch=100, n_local_devices=2, encode=IDENTITY, seed=3)
+    want = collections.Counter(_row_keys(*data.load_arrays("embedded_mnist", "train")))
+    epoch1, epoch2 = _epoch_keys(it, 45), _epoch_keys(it, 45)  # 4500 / 100
+    assert collections.Counter(epoch1) == want
+    assert collections.Counter(epoch2) == want
+    assert epoch1 != epoch2  # a fresh permutation each epoch
+
+
+def test_embedded_multi_host_shards_partition_train():
+    kw = dict(global_batch=100, n_local_devices=2, encode=IDENTITY, seed=0, process_count=2)
+    its = [data.train_iterator("embedded_mnist", process_index=p, **kw) for p in range(2)]
+    assert next(its[0])["images"].shape == (2, 25, 28, 28, 1)  # 100 / (2 hosts * 2 devices)
+    its = [data.train_iterator("embedded_mnist", process_index=p, **kw) for p in range(2)]
+    shards = [_epoch_keys(it, 45) for it in its]  # 2250 per host / 50 per host batch
+    assert len(set(shards[0])) == len(set(shards[1])) == 2250
+    assert not set(shards[0]) & set(shards[1])
+    assert set(shards[0]) | set(shards[1]) == set(_row_keys(*data.load_arrays("embedded_mnist", "train")))
+
+
+def test_batch_not_divisible():
+    with pytest.raises(ValueError, match=r"config\.training\.batch_size=30") as info:
+        data.train_iterator("embedded_mnist", global_batch=30, n_local_devices=4, encode=IDENTITY)
+    assert "4" in str(info.value)
+    with pytest.raises(ValueError, match=r"config\.training\.batch_size=8.*3 \* 2 = 6"):
+        data.train_iterator(
+            "embedded_mnist", global_batch=8, n_local_devices=2, encode=IDENTITY, process_index=0, process_count=3
+        )
+    with pytest.raises(ValueError, match=r"config\.training\.batch_size"):  # more than one host's shard
+        data.train_iterator("embedded_mnist", global_batch=4600, n_local_devices=2, encode=IDENTITY)
+    with pytest.raises(ValueError, match=r"config\.data\.dataset"):
+        data.train_iterator("svhn", global_batch=8, n_local_devices=2, encode=IDENTITY)
+
+
+def test_embedded_path_does_not_import_tensorflow():
+    code = (
+        "import sys; from dale_langevin import data; "
+        "next(data.train_iterator('embedded_mnist', global_batch=8, n_local_devices=1, encode=lambda u: u)); "
+        "data.load_arrays('embedded_mnist', 'test'); "
+        "assert 'tensorflow' not in sys.modules and 'tensorflow_datasets' not in sys.modules, 'TF imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# -- TFDS (faked by mock_data: this machine has no network) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tfds():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    return tfds
+
+
+@pytest.mark.parametrize("name", TFDS_NAMES)
+def test_tfds_iterator_and_arrays_under_mock(tfds, name, tmp_path):
+    spec = data.get_spec(name)
+    with tfds.testing.mock_data(num_examples=40):
+        it = data.train_iterator(
+            name, global_batch=16, n_local_devices=2, encode=GBM().encode, data_dir=str(tmp_path),
+            shuffle_buffer=32, process_index=1, process_count=2,
+        )
+        for _ in range(3):  # past one pass of a host's 20 examples: repeat works
+            b = next(it)
+            chex.assert_shape(b["images"], (2, 4, *spec.image_shape))
+            chex.assert_shape(b["labels"], (2, 4))
+            assert b["images"].dtype == np.float32 and b["labels"].dtype == np.int32
+            assert 1.0 <= b["images"].min() and b["images"].max() <= 2.0
+            assert 0 <= b["labels"].min() and b["labels"].max() < spec.num_classes
+
+        images, labels = data.load_arrays(name, "test", data_dir=str(tmp_path))
+        chex.assert_shape(images, (40, *spec.image_shape))
+        chex.assert_shape(labels, (40,))
+        assert images.dtype == np.uint8 and labels.dtype == np.int32
+        assert 0 <= labels.min() and labels.max() < spec.num_classes
+        assert images.max() > images.min()  # real (fake) pixels, not zeros
+        few, few_labels = data.load_arrays(name, "train", data_dir=str(tmp_path), max_examples=7)
+        chex.assert_shape(few, (7, *spec.image_shape))
+        chex.assert_shape(few_labels, (7,))
+
+
+def _check_unavailable(err: data.DataUnavailableError, name: str, data_dir: str) -> None:
+    msg = str(err)
+    for needle in (name, "data_dir", data_dir, f"tfds build {name}", "--config.data.data_dir", "configs/demo.py"):
+        assert needle in msg, f"{needle!r} missing from: {msg}"
+    assert err.__cause__ is not None
+
+
+@pytest.mark.parametrize("name, download", [("mnist", True), ("cifar10", False)])
+def test_offline_unprepared_fails_fast(tfds, name, download, tmp_path, monkeypatch):
+    del tfds  # only to skip without TFDS
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    # This machine is offline already; blocking name resolution keeps the test offline anywhere.
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    monkeypatch.setattr(data.urllib.request, "getproxies", lambda: {})
+    start = time.monotonic()
+    with pytest.raises(data.DataUnavailableError) as info:
+        data.train_iterator(
+            name, global_batch=8, n_local_devices=2, encode=IDENTITY, data_dir=str(tmp_path), download=download
+        )
+    with pytest.raises(data.DataUnavailableError):
+        data.load_arrays(name, data_dir=str(tmp_path), download=download)
+    assert time.monotonic() - start < 15.0
+    _check_unavailable(info.value, name, str(tmp_path))
+
+
+def test_unreachable_host_is_detected_before_downloading(tfds, tmp_path, monkeypatch):
+    # Whatever this machine's TFDS can do, pretend the data live on a host that cannot resolve.
+    monkeypatch.setattr(data, "_download_urls", lambda builder: ["https://dale-langevin-test.invalid/d.gz"])
+    monkeypatch.setattr(data.urllib.request, "getproxies", lambda: {})
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("download_and_prepare must not run when the host is unreachable")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
+    start = time.monotonic()
+    with pytest.raises(data.DataUnavailableError, match="dale-langevin-test.invalid") as info:
+        data.load_arrays("kmnist", data_dir=str(tmp_path))
+    assert time.monotonic() - start < 15.0
+    _check_unavailable(info.value, "kmnist", str(tmp_path))
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_failed_download_becomes_unavailable(tfds, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_download_urls", lambda builder: [])
+    monkeypatch.setattr(data, "_unreachable_host", lambda urls: None)
+
+    def broken_download(*args, **kwargs):
+        raise ConnectionError("Max retries exceeded")  # what requests raises after its retries
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", broken_download)
+    with pytest.raises(data.DataUnavailableError, match="Max retries exceeded") as info:
+        data.load_arrays("fashion_mnist", data_dir=str(tmp_path))
+    _check_unavailable(info.value, "fashion_mnist", str(tmp_path))

@@ -1,0 +1,191 @@
+"""Training pipeline: config validation, pmap equivalence, end-to-end run, checkpoint resume, sampling."""
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dale_langevin import checkpoint, config as config_lib, parallel, sampling, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str):
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def tiny_config(**overrides):
+    """The demo config shrunk to seconds: 8-channel two-level U-Net, batch 8."""
+    c = load_config("demo")
+    c.model.channels = 8
+    c.model.channel_mult = (1, 2)
+    c.training.batch_size = 8
+    c.training.n_iters = 6
+    c.training.log_every = 2
+    c.training.ckpt_every = 3
+    c.optim.warmup_steps = 2
+    c.sampling.n_steps = 5
+    c.sampling.n_samples = 6
+    c.sampling.batch_size = 4
+    for path, value in overrides.items():
+        node = c
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+@pytest.mark.parametrize("name", ["default", "mnist", "fmnist", "kmnist", "cifar10", "demo"])
+def test_shipped_configs_validate(name):
+    c = load_config(name)
+    config_lib.validate(c)
+    assert c.process.gbm.sigma == 0.8 and c.process.gbm.mu is None and c.training.n_time_levels == 1000
+
+
+def test_published_settings_in_fmnist_config():
+    c = load_config("fmnist")
+    assert (c.optim.lr, c.optim.beta1, c.optim.eps, c.training.batch_size, c.ema.decay) == (1e-4, 0.9, 1e-8, 128, 0.999)
+    assert (c.sampling.step_size, c.sampling.n_inner, c.sampling.noise_decay) == (5.86e-4, 1, 0.995)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"data.dataset": "imagenet"}, "config.data.dataset"),
+        ({"training.batch_size": 7}, "config.training.batch_size"),
+        ({"process.name": "cld"}, "config.process.name"),
+        ({"process.gbm.sigma": -1.0}, "config.process.gbm"),
+        ({"sampling.method": "euler_maruyama"}, "config.sampling.method"),
+        ({"sampling.start": "zeros"}, "config.sampling.start"),
+        ({"training.weighting": "v3"}, "config.training.weighting"),
+        ({"model.channel_mult": (1, 2, 2, 2, 2)}, "config.model.channel_mult"),
+        ({"ema.decay": 1.0}, "config.ema.decay"),
+        ({"sampling.batch_size": 3}, "config.sampling.batch_size"),
+    ],
+)
+def test_config_errors_name_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        config_lib.validate(tiny_config(**overrides))
+
+
+def test_missing_field_is_named():
+    c = tiny_config()
+    del c.training["t_min"]
+    with pytest.raises(ValueError, match=r"config\.training\.t_min"):
+        config_lib.validate(c)
+
+
+def test_additive_config_validates():
+    config_lib.validate(tiny_config(**{"process.name": "vp", "sampling.method": "euler_maruyama"}))
+
+
+def test_learning_rate_warmup_starts_above_zero():
+    _, schedule = train.make_optimizer(1e-3, 4, 1.0, 0.9, 0.999, 1e-8)
+    np.testing.assert_allclose([schedule(n) for n in range(6)], [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3], rtol=1e-6)
+    _, constant = train.make_optimizer(1e-3, 0, 1.0, 0.9, 0.999, 1e-8)
+    assert float(constant(0)) == pytest.approx(1e-3)
+
+
+def test_ema_warmup_schedule():
+    steps = jnp.arange(0, 20_000, 7)
+    d = train.ema_decay(steps, 0.999, True)
+    np.testing.assert_allclose(d[0], 0.1)
+    assert bool(jnp.all(jnp.diff(d) >= 0)) and float(d[-1]) == pytest.approx(0.999)
+    assert float(train.ema_decay(jnp.asarray(0), 0.999, False)) == pytest.approx(0.999)
+
+
+def test_pmap_step_equals_single_device_step_on_full_batch(n_devices):
+    """The real train step: 2 devices x B/2 (pmap) gives the update of 1 device x B."""
+    c = tiny_config()
+    _, _, step_fn, state = train.build(c)
+    images = config_lib.make_process(c).encode(jax.random.uniform(jax.random.key(0), (8, 28, 28, 1)))
+    # One device, whole batch: vmap over an axis of size 1 carries the same collectives as pmap.
+    single, single_metrics = jax.jit(jax.vmap(step_fn, axis_name=parallel.AXIS))(
+        jax.tree.map(lambda x: x[None], state), {"images": images[None]})
+    multi, multi_metrics = parallel.pmap(step_fn)(
+        parallel.replicate(state), {"images": images.reshape(n_devices, -1, 28, 28, 1)})
+    np.testing.assert_allclose(multi_metrics["loss"][0], single_metrics["loss"][0], rtol=1e-5)
+    chex.assert_trees_all_close(parallel.unreplicate(multi.params), parallel.unreplicate(single.params),
+                                rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_equal(parallel.unreplicate(multi), jax.tree.map(lambda x: x[1], multi))  # replicas agree
+    moved = jax.tree.map(lambda a, b: not np.allclose(a, b), parallel.unreplicate(multi.params), state.params)
+    assert any(jax.tree.leaves(moved))  # the step did update (only the zero-initialised output layer, at first)
+
+
+def test_devices_draw_different_noise(n_devices):
+    keys = parallel.pmap(lambda k: jax.random.normal(parallel.device_rng(jax.random.wrap_key_data(k), 3), (4,)))(
+        parallel.replicate(jax.random.key_data(jax.random.key(0))))
+    assert not np.allclose(keys[0], keys[1])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """Six steps on the embedded digits, checkpoints at 3 and 6."""
+    workdir = str(tmp_path_factory.mktemp("run"))
+    c = tiny_config()
+    metrics = train.train_and_evaluate(c, workdir)
+    return c, workdir, metrics
+
+
+def test_end_to_end_training_writes_everything(trained_run):
+    c, workdir, metrics = trained_run
+    assert np.isfinite(metrics["loss"]) and metrics["images_per_sec"] > 0
+    assert sorted(checkpoint.manager(workdir).all_steps()) == [3, 6]
+    assert json.load(open(os.path.join(workdir, "config.json")))["data"]["dataset"] == "embedded_mnist"
+    stats = np.load(os.path.join(workdir, sampling.STATS_FILE))
+    chex.assert_shape([stats["pixel_loc"], stats["class_means"]], [(28, 28, 1), (10, 28, 28, 1)])
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+
+
+def test_sample_mode_writes_npz_and_png(trained_run):
+    c, workdir, _ = trained_run
+    summary = sampling.sample_and_save(c, workdir)
+    assert summary["network_evaluations"] == 5 and summary["step"] == 6
+    with np.load(os.path.join(workdir, "samples.npz")) as f:
+        chex.assert_shape(f["images"], (6, 28, 28, 1))
+        assert f["images"].min() >= 0.0 and f["images"].max() <= 1.0
+        assert np.all(f["raw"] > 0)  # Dale-Langevin keeps GBM samples positive
+    from PIL import Image
+
+    assert Image.open(os.path.join(workdir, "samples.png")).size[0] > 28 * 2
+
+
+def test_class_average_start_is_labelled(trained_run):
+    c, workdir, _ = trained_run
+    c = tiny_config(**{"sampling.start": "class_average"})
+    process = config_lib.make_process(c)
+    stats = sampling.start_stats(c, process, workdir)
+    x_T, labels = sampling.initial_state(jax.random.key(0), process, stats, "class_average", 12)
+    np.testing.assert_array_equal(labels, np.arange(12) % 10)
+    assert bool(jnp.all(x_T > 0))
+
+
+def test_resume_continues_the_same_trajectory(trained_run, tmp_path):
+    """Train 3 steps, stop, restart to 6: same state as the uninterrupted 6-step run."""
+    c, workdir, _ = trained_run
+    resumed = str(tmp_path / "resumed")
+    train.train_and_evaluate(tiny_config(**{"training.n_iters": 3}), resumed)
+    train.train_and_evaluate(tiny_config(), resumed)
+    _, _, _, like = train.build(c)
+    full = checkpoint.restore_latest(checkpoint.manager(workdir), like)
+    again = checkpoint.restore_latest(checkpoint.manager(resumed), like)
+    assert int(again.step) == 6
+    chex.assert_trees_all_close(again.params, full.params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(again.ema_params, full.ema_params, rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
+    c = tiny_config(**{"optim.lr": 1e30, "optim.warmup_steps": 1, "optim.grad_clip": 0.0, "training.ckpt_every": 1,
+                       "training.log_every": 1, "training.n_iters": 50})
+    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+        train.train_and_evaluate(c, str(tmp_path))
