@@ -110,16 +110,17 @@ def build(config, rng: jax.Array | None = None):
 
 
 class _Logger:
-    """TensorBoard scalars and a progress bar, on process 0 only."""
+    """TensorBoard scalars, ``metrics.jsonl`` (one JSON object per log step) and a progress bar; process 0 only."""
 
     def __init__(self, workdir: str, total: int, start: int, enabled: bool):
         self.enabled = enabled
-        self.writer = self.bar = None
+        self.writer = self.bar = self.jsonl = None
         if enabled:
             from flax.metrics import tensorboard  # imports TensorFlow: keep it off the import path
             from tqdm import tqdm
 
             self.writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, smoothing=0.1)
 
     def advance(self, n: int = 1) -> None:
@@ -132,11 +133,14 @@ class _Logger:
         for k, v in values.items():
             self.writer.scalar(k, v, step)
         self.writer.flush()
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "images_per_sec")})
 
     def close(self) -> None:
         if self.enabled:
             self.writer.close()
+            self.jsonl.close()
             self.bar.close()
 
 
@@ -144,7 +148,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns the last logged metrics and throughput.
 
     Writes ``config.json``, ``start_stats.npz`` (priors and class means), ``checkpoints/``,
-    ``tensorboard/`` and ``samples/step_*.png`` (every ``training.sample_every`` steps).
+    ``tensorboard/``, ``metrics.jsonl`` and ``samples/step_*.png`` (every ``training.sample_every`` steps).
     A non-finite loss or parameter norm stops the run with ``FloatingPointError``; the last
     checkpoint, written before it, stays the latest.
     """

@@ -8,7 +8,7 @@ command -v shellcheck >/dev/null || { echo "error: shellcheck not found (apt-get
 
 status=0
 for f in ./*.sh; do
-  if bash -n "$f" && shellcheck "$f"; then
+  if bash -n "$f" && shellcheck -x "$f"; then
     echo "ok    $f"
   else
     echo "FAIL  $f"

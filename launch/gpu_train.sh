@@ -30,7 +30,8 @@ INSTALL="${INSTALL:-0}"
 JAX_SPEC="${JAX_SPEC:-jax[cuda12]}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-step() { printf '\n==> %s\n' "$*"; }
+# shellcheck source=SCRIPTDIR/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 case "$MODE" in train | sample) ;; *) echo "error: MODE must be train or sample, not '$MODE'" >&2; exit 2 ;; esac
 cd "$REPO"

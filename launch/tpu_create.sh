@@ -24,7 +24,8 @@ SPOT="${SPOT:-0}"
 PREEMPTIBLE="${PREEMPTIBLE:-0}"
 CREATE_FLAGS="${CREATE_FLAGS:-}"
 
-step() { printf '\n==> %s\n' "$*"; }
+# shellcheck source=SCRIPTDIR/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 args=(
   "$TPU_NAME"

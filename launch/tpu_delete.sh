@@ -12,7 +12,8 @@ set -euo pipefail
 TPU_NAME="${TPU_NAME:-dale-langevin}"
 FORCE="${FORCE:-0}"
 
-step() { printf '\n==> %s\n' "$*"; }
+# shellcheck source=SCRIPTDIR/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 step "TPU VM to delete"
 gcloud compute tpus tpu-vm describe "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" \

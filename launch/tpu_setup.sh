@@ -37,20 +37,8 @@ PYTHON_BIN="${PYTHON_BIN:-python3.11}"
 INSTALL_PYTHON="${INSTALL_PYTHON:-1}"
 JAX_SPEC="${JAX_SPEC:-jax[tpu]}"
 
-step() { printf '\n==> %s\n' "$*"; }
-gtpu() { gcloud compute tpus tpu-vm "$1" --project="$PROJECT" --zone="$ZONE" "${@:2}"; }
-# on_workers WORKERS VAR... <<'EOF' ... EOF: run the bash script on stdin on the given workers
-# ("all", "0", "1-3"), after `set -euo pipefail` and VAR=value lines (values quoted with %q).
-# base64 keeps all quoting intact through gcloud, ssh and the remote login shell.
-on_workers() {
-  local workers="$1" script v b64
-  shift
-  script="set -euo pipefail"$'\n'
-  for v in "$@"; do script+="$(printf '%s=%q' "$v" "${!v}")"$'\n'; done
-  script+="$(cat)"
-  b64="$(printf '%s\n' "$script" | base64 | tr -d '\n')"
-  gtpu ssh "$TPU_NAME" --worker="$workers" --command="echo $b64 | base64 -d | bash" </dev/null
-}
+# shellcheck source=SCRIPTDIR/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 case "$REMOTE_DIR" in
   "" | /* | *..*) echo "error: REMOTE_DIR must be a relative path under \$HOME without '..'" >&2; exit 2 ;;

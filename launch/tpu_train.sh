@@ -43,18 +43,8 @@ VENV="${VENV:-dale-venv}"
 LOG_WORKER="${LOG_WORKER:-0}"
 TAIL_LINES="${TAIL_LINES:-100}"
 
-step() { printf '\n==> %s\n' "$*"; }
-gtpu() { gcloud compute tpus tpu-vm "$1" --project="$PROJECT" --zone="$ZONE" "${@:2}"; }
-# on_workers WORKERS VAR... <<'EOF' ... EOF: run the bash script on stdin on the given workers
-# ("all", "0", "1-3"), after `set -euo pipefail` and the variables (scalars or arrays, via declare -p).
-# base64 keeps all quoting intact through gcloud, ssh and the remote login shell.
-on_workers() {
-  local workers="$1" script b64
-  shift
-  script="set -euo pipefail"$'\n'"$(declare -p "$@")"$'\n'"$(cat)"
-  b64="$(printf '%s\n' "$script" | base64 | tr -d '\n')"
-  gtpu ssh "$TPU_NAME" --worker="$workers" --command="echo $b64 | base64 -d | bash" </dev/null
-}
+# shellcheck source=SCRIPTDIR/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 case "$MODE" in train | sample) ;; *) echo "error: MODE must be train or sample, not '$MODE'" >&2; exit 2 ;; esac
 

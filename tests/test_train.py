@@ -34,6 +34,7 @@ def tiny_config(**overrides):
     c.training.ckpt_every = 3
     c.optim.warmup_steps = 2
     c.sampling.n_steps = 5
+    c.sampling.denoise_steps = 2
     c.sampling.n_samples = 6
     c.sampling.batch_size = 4
     for path, value in overrides.items():
@@ -145,12 +146,14 @@ def test_end_to_end_training_writes_everything(trained_run):
     stats = np.load(os.path.join(workdir, sampling.STATS_FILE))
     chex.assert_shape([stats["pixel_loc"], stats["class_means"]], [(28, 28, 1), (10, 28, 28, 1)])
     assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+    logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [m["step"] for m in logged] == [2, 4, 6] and logged[-1]["loss"] == pytest.approx(metrics["loss"])
 
 
 def test_sample_mode_writes_npz_and_png(trained_run):
     c, workdir, _ = trained_run
     summary = sampling.sample_and_save(c, workdir)
-    assert summary["network_evaluations"] == 5 and summary["step"] == 6
+    assert summary["network_evaluations"] == 5 + 2 and summary["step"] == 6
     with np.load(os.path.join(workdir, "samples.npz")) as f:
         chex.assert_shape(f["images"], (6, 28, 28, 1))
         assert f["images"].min() >= 0.0 and f["images"].max() <= 1.0
@@ -180,6 +183,10 @@ def test_resume_continues_the_same_trajectory(trained_run, tmp_path):
     full = checkpoint.restore_latest(checkpoint.manager(workdir), like)
     again = checkpoint.restore_latest(checkpoint.manager(resumed), like)
     assert int(again.step) == 6
+    curve = lambda d: {m["step"]: m["loss"] for m in map(json.loads, open(os.path.join(d, "metrics.jsonl")))}  # noqa: E731
+    full_curve, resumed_curve = curve(workdir), curve(resumed)
+    assert {2, 4, 6} <= set(resumed_curve)  # the first leg also logs its last step, 3
+    np.testing.assert_allclose([resumed_curve[s] for s in (2, 4, 6)], [full_curve[s] for s in (2, 4, 6)], rtol=1e-5)
     chex.assert_trees_all_close(again.params, full.params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(again.ema_params, full.ema_params, rtol=1e-5, atol=1e-6)
 
