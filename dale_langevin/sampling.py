@@ -16,6 +16,7 @@ import numpy as np
 
 from dale_langevin import config as config_lib, data, images, parallel, samplers
 from dale_langevin.losses import network_score_fn
+from dale_langevin.process import check_choice
 
 STATS_FILE = "start_stats.npz"
 
@@ -52,7 +53,7 @@ def initial_state(rng: jax.Array, process, stats: dict, start: str, n: int) -> t
     ``per_pixel``/``scalar``: the fitted prior. ``class_average``: per-class mean training images
     pushed forward to ``T`` by the exact forward kernel, classes cycling 0, 1, 2, ...
     """
-    config_lib._require(start in config_lib.STARTS, "sampling.start", f"must be one of {config_lib.STARTS}, got {start!r}")
+    check_choice(start, config_lib.STARTS, "sampling.start")
     shape = (n, *stats["class_means"].shape[1:])
     if start == "class_average":
         labels = np.arange(n) % stats["class_means"].shape[0]
