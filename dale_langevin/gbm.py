@@ -121,6 +121,20 @@ class GBM:
             return jnp.zeros_like(jnp.asarray(t, jnp.float32))
         return self.mu * jnp.asarray(t, jnp.float32) - 0.5 * self.log_var(t)
 
+    def time_from_log_var(self, v: jax.Array, iters: int = 48) -> jax.Array:
+        """Inverse of :meth:`log_var` on ``[0, T]`` (bisection; ``v_t`` is strictly increasing); shape of ``v``."""
+        v = jnp.asarray(v, jnp.float32)
+        lo, hi = jnp.zeros_like(v), jnp.full_like(v, self.T)
+
+        def halve(_, bounds):
+            lo, hi = bounds
+            mid = 0.5 * (lo + hi)
+            below = self.log_var(mid) < v
+            return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+        lo, hi = jax.lax.fori_loop(0, iters, halve, (lo, hi))
+        return 0.5 * (lo + hi)
+
     def log_mean(self, x0: jax.Array, t: jax.Array) -> jax.Array:
         """``m_t = log x0 + int_0^t (mu - sigma**2/2)``; shape of ``x0`` ``(B, ...)``."""
         return jnp.log(x0) + expand_time(self.log_drift(t), x0)
