@@ -25,7 +25,8 @@ REQUIRED = (
     "optim.beta1", "optim.beta2", "optim.eps", "optim.warmup_steps", "optim.grad_clip", "ema.decay",
     "ema.warmup", "sampling.method", "sampling.n_steps", "sampling.step_size", "sampling.n_inner",
     "sampling.noise_decay", "sampling.denoise_steps", "sampling.t_end", "sampling.start",
-    "sampling.n_samples", "sampling.batch_size",
+    "sampling.n_samples", "sampling.batch_size", "eval.classifier_epochs", "eval.kid_subsets",
+    "eval.kid_subset_size", "eval.n_nearest",
 )
 
 
@@ -93,6 +94,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.sampling.start = "per_pixel"  # per_pixel | scalar (published prior fit) | class_average
     c.sampling.n_samples = 64
     c.sampling.batch_size = 64  # global, split over devices
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.classifier_epochs = 3  # the feature classifier for offline FID/KID, trained once per workdir
+    c.eval.kid_subsets = 64  # published KID protocol: 64 subsets of 64
+    c.eval.kid_subset_size = 64
+    c.eval.n_nearest = 16  # samples shown beside their nearest training image
     return c
 
 
@@ -168,5 +175,7 @@ def validate(config) -> None:
              f"must be one of {process.sampler_methods} for process {config.process.name!r}, got {s.method!r}")
     _require(s.start in STARTS, "sampling.start", f"must be one of {STARTS}, got {s.start!r}")
     _require(s.n_samples >= 1, "sampling.n_samples", "must be >= 1")
+    for field in ("classifier_epochs", "kid_subsets", "kid_subset_size", "n_nearest"):
+        _require(config.eval[field] >= 1, f"eval.{field}", f"must be >= 1, got {config.eval[field]!r}")
     _require(s.batch_size >= 1 and s.batch_size % parallel.local_device_count() == 0, "sampling.batch_size",
              f"={s.batch_size} must be a positive multiple of the local device count {parallel.local_device_count()}")

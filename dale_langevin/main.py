@@ -1,8 +1,9 @@
-"""Entry point: ``python -m dale_langevin.main --config=configs/<set>.py --workdir=DIR [--mode=train|sample]``.
+"""Entry point: ``python -m dale_langevin.main --config=configs/<set>.py --workdir=DIR [--mode=train|sample|eval]``.
 
 Parses flags, asks for one host device per CPU core (so pmap uses every core on a CPU-only host),
-initialises multi-host JAX when asked, and hands over to ``train.train_and_evaluate`` or
-``sampling.sample_and_save``. Any config field can be overridden: ``--config.training.n_iters=2000``.
+initialises multi-host JAX when asked, and hands over to ``train.train_and_evaluate`` (then
+samples), ``sampling.sample_and_save`` or ``evaluation.evaluate``. Any config field can be
+overridden: ``--config.training.n_iters=2000``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dale_langevin import parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples (local or gs://).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "train (resumes if WORKDIR has a checkpoint) or sample.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
+                          "train (resumes if WORKDIR has a checkpoint, then samples), sample, or eval (offline metrics).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pod slices, multi-node GPU).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -27,10 +29,13 @@ def main(argv):
 
     import jax  # noqa: E402  (after the device flag)
 
-    from dale_langevin import sampling, train
+    from dale_langevin import evaluation, sampling, train
 
     if _MULTIHOST.value:
         jax.distributed.initialize()
+    if _MODE.value == "eval":
+        evaluation.evaluate(config, _WORKDIR.value)
+        return
     if _MODE.value == "train":
         train.train_and_evaluate(config, _WORKDIR.value)
         if jax.process_index() == 0:

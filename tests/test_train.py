@@ -196,3 +196,22 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
                        "training.log_every": 1, "training.n_iters": 50})
     with pytest.raises(FloatingPointError, match="last good checkpoint"):
         train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_eval_mode_writes_report(trained_run):
+    """Offline metrics on the tiny run; the feature classifier (1 epoch) must converge on the digits."""
+    from dale_langevin import evaluation
+
+    c, workdir, _ = trained_run
+    c = tiny_config(**{"eval.classifier_epochs": 1, "eval.kid_subsets": 4, "eval.n_nearest": 4})
+    result = evaluation.evaluate(c, workdir)
+    saved = json.load(open(os.path.join(workdir, "eval.json")))
+    assert saved["offline_fid"] == pytest.approx(result["offline_fid"]) and saved["offline_fid"] >= 0
+    assert result["classifier"]["test_accuracy"] > 0.85 and result["classifier"]["trained_now"]
+    assert sum(result["class_histogram"]["counts"]) == c.sampling.n_samples
+    assert result["offline_kid"]["subset_size"] == c.sampling.n_samples  # capped by the 6 samples
+    assert os.path.exists(os.path.join(workdir, "nearest_neighbours.png"))
+    assert "offline FID" in open(os.path.join(workdir, "eval.md")).read()
+    again = evaluation.evaluate(c, workdir)  # the classifier is reused, not retrained
+    assert not again["classifier"]["trained_now"]
+    assert again["classifier"]["test_accuracy"] == pytest.approx(result["classifier"]["test_accuracy"])

@@ -1,0 +1,24 @@
+"""Evaluation helpers: nearest neighbours and class histograms."""
+
+import numpy as np
+
+from dale_langevin.evaluation import class_histogram, nearest_neighbours
+
+
+def test_nearest_neighbours_matches_brute_force():
+    rng = np.random.default_rng(0)
+    refs = rng.random((300, 5, 5, 1))
+    queries = np.concatenate([refs[[7, 123]], rng.random((40, 5, 5, 1))])
+    idx, dist = nearest_neighbours(queries, refs, chunk=16)
+    full = np.linalg.norm(queries.reshape(len(queries), 1, -1) - refs.reshape(1, len(refs), -1), axis=2)
+    np.testing.assert_array_equal(idx, full.argmin(axis=1))
+    np.testing.assert_allclose(dist, full.min(axis=1), atol=1e-6)
+    assert list(idx[:2]) == [7, 123] and np.allclose(dist[:2], 0.0, atol=1e-6)
+
+
+def test_class_histogram():
+    uniform = class_histogram(np.arange(100) % 10, 10)
+    assert uniform["counts"] == [10] * 10 and abs(uniform["normalised_entropy"] - 1.0) < 1e-12
+    collapsed = class_histogram(np.array([3, 3, 3, 4]), 10)
+    assert collapsed["empty_classes"] == [0, 1, 2, 5, 6, 7, 8, 9]
+    assert 0 < collapsed["normalised_entropy"] < 0.3
