@@ -9,7 +9,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from dale_langevin import data, parallel
+from dale_langevin import data, ode, parallel
 from dale_langevin.losses import T_SAMPLINGS
 from dale_langevin.models import ScoreUNet
 from dale_langevin.process import WEIGHTINGS, DiffusionProcess, get_process
@@ -25,6 +25,7 @@ REQUIRED = (
     "optim.beta1", "optim.beta2", "optim.eps", "optim.warmup_steps", "optim.grad_clip", "ema.decay",
     "ema.warmup", "sampling.method", "sampling.n_steps", "sampling.step_size", "sampling.n_inner",
     "sampling.noise_decay", "sampling.denoise_steps", "sampling.t_end", "sampling.start",
+    "sampling.ode_solver", "sampling.ode_t_end",
     "sampling.n_samples", "sampling.batch_size", "eval.classifier_epochs", "eval.kid_subsets",
     "eval.kid_subset_size", "eval.n_nearest",
 )
@@ -84,7 +85,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.ema.warmup = True  # effective decay min(decay, (1 + n) / (10 + n)): early EMA is not the init
 
     c.sampling = ml_collections.ConfigDict()
-    c.sampling.method = "dale_langevin"  # dale_langevin | sign_agnostic (gbm); euler_maruyama (ve, vp)
+    c.sampling.method = "dale_langevin"  # dale_langevin | sign_agnostic | ode (gbm); euler_maruyama (ve, vp)
+    c.sampling.ode_solver = "dpm2"  # method=ode: euler | heun | dpm1 | dpm2 (probability-flow ODE, log space)
+    c.sampling.ode_t_end = 1e-3  # method=ode: integrate down to this time, then one Tweedie step
     c.sampling.n_steps = 1000
     c.sampling.step_size = config_dict.placeholder(float)  # None: (T - t_end) / n_steps
     c.sampling.n_inner = 1
@@ -138,6 +141,11 @@ def make_model(config) -> ScoreUNet:
     )
 
 
+def sampling_methods(config) -> tuple[str, ...]:
+    """Methods ``config.sampling.method`` may name: the process's SDE samplers, plus ``ode`` for GBM."""
+    return tuple(make_process(config).sampler_methods) + (("ode",) if config.process.name == "gbm" else ())
+
+
 def sampler_kwargs(config, n_steps: int | None = None) -> dict:
     """Keyword arguments of :func:`dale_langevin.samplers.sample` from ``config.sampling``."""
     s = config.sampling
@@ -171,8 +179,12 @@ def validate(config) -> None:
     _require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables clipping)")
     _require(0 <= config.ema.decay < 1, "ema.decay", f"must lie in [0, 1), got {config.ema.decay}")
     s = config.sampling
-    _require(s.method in process.sampler_methods, "sampling.method",
-             f"must be one of {process.sampler_methods} for process {config.process.name!r}, got {s.method!r}")
+    methods = sampling_methods(config)
+    _require(s.method in methods, "sampling.method",
+             f"must be one of {methods} for process {config.process.name!r}, got {s.method!r}")
+    if s.method == "ode":
+        _require(s.ode_solver in ode.SOLVERS, "sampling.ode_solver", f"must be one of {ode.SOLVERS}, got {s.ode_solver!r}")
+        _require(0 < s.ode_t_end < process.T, "sampling.ode_t_end", f"must lie in (0, T), got {s.ode_t_end}")
     _require(s.start in STARTS, "sampling.start", f"must be one of {STARTS}, got {s.start!r}")
     _require(s.n_samples >= 1, "sampling.n_samples", "must be >= 1")
     for field in ("classifier_epochs", "kid_subsets", "kid_subset_size", "n_nearest"):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dale_langevin import config as config_lib, data, images, parallel, samplers
+from dale_langevin import config as config_lib, data, images, ode, parallel, samplers
 from dale_langevin.losses import network_score_fn
 from dale_langevin.process import check_choice
 
@@ -71,12 +71,16 @@ def generate(config, process, model, params, stats: dict, rng: jax.Array, n: int
     in the process domain, and the start labels.
     """
     n_dev = parallel.local_device_count()
-    batch = config.sampling.batch_size
-    kwargs = config_lib.sampler_kwargs(config, n_steps)
+    s = config.sampling
+    batch = s.batch_size
 
     def device_sample(params, rng, x_T):
         net = lambda inp, level: model.apply(params, inp, level, train=False)  # noqa: E731
-        return samplers.sample(rng, network_score_fn(net, process), x_T, process, **kwargs)
+        score = network_score_fn(net, process)
+        if s.method == "ode":
+            return ode.ode_sample(score, x_T, process, solver=s.ode_solver, n_steps=n_steps or s.n_steps,
+                                  t_end=s.ode_t_end)
+        return samplers.sample(rng, score, x_T, process, **config_lib.sampler_kwargs(config, n_steps))
 
     p_sample = parallel.pmap(device_sample)
     rparams = parallel.replicate(params)
@@ -93,8 +97,10 @@ def generate(config, process, model, params, stats: dict, rng: jax.Array, n: int
 
 
 def network_evaluations(config, n_steps: int | None = None) -> int:
-    """Score evaluations per sample: ``n_steps * n_inner + denoise_steps``."""
+    """Score evaluations per sample: ``n_steps * n_inner + denoise_steps`` (SDE) or the ODE solver's count."""
     s = config.sampling
+    if s.method == "ode":
+        return ode.network_evaluations(s.ode_solver, n_steps or s.n_steps)
     return (n_steps or s.n_steps) * s.n_inner + s.denoise_steps
 
 

@@ -67,6 +67,8 @@ def test_published_settings_in_fmnist_config():
         ({"process.name": "cld"}, "config.process.name"),
         ({"process.gbm.sigma": -1.0}, "config.process.gbm"),
         ({"sampling.method": "euler_maruyama"}, "config.sampling.method"),
+        ({"sampling.method": "ode", "sampling.ode_solver": "rk4"}, "config.sampling.ode_solver"),
+        ({"sampling.method": "ode", "sampling.ode_t_end": 0.0}, "config.sampling.ode_t_end"),
         ({"sampling.start": "zeros"}, "config.sampling.start"),
         ({"training.weighting": "v3"}, "config.training.weighting"),
         ({"model.channel_mult": (1, 2, 2, 2, 2)}, "config.model.channel_mult"),
@@ -88,6 +90,8 @@ def test_missing_field_is_named():
 
 def test_additive_config_validates():
     config_lib.validate(tiny_config(**{"process.name": "vp", "sampling.method": "euler_maruyama"}))
+    with pytest.raises(ValueError, match=r"config\.sampling\.method"):  # the ODE sampler is GBM's
+        config_lib.validate(tiny_config(**{"process.name": "vp", "sampling.method": "ode"}))
 
 
 def test_learning_rate_warmup_starts_above_zero():
@@ -161,6 +165,16 @@ def test_sample_mode_writes_npz_and_png(trained_run):
     from PIL import Image
 
     assert Image.open(os.path.join(workdir, "samples.png")).size[0] > 28 * 2
+
+
+def test_ode_sampling_mode(trained_run, tmp_path):
+    c, workdir, _ = trained_run
+    c = tiny_config(**{"sampling.method": "ode", "sampling.ode_solver": "heun", "sampling.n_steps": 3})
+    summary = sampling.sample_and_save(c, workdir)
+    assert summary["network_evaluations"] == 3 * 2 + 1
+    with np.load(os.path.join(workdir, "samples.npz")) as f:
+        chex.assert_tree_all_finite(f["raw"])
+        assert np.all(f["raw"] > 0)
 
 
 def test_class_average_start_is_labelled(trained_run):
