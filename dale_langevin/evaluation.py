@@ -8,7 +8,7 @@ Reads ``WORKDIR/samples.npz`` (sampling first if it is missing) and writes ``eva
 - the class histogram of the samples under the classifier (mode collapse shows as empty classes);
 - nearest training images of the samples and the distance distribution against the
   test-to-train baseline (memorisation shows as sample distances far below the baseline).
-Inception-V3 FID/KID (``eval.inception``) is not part of this version; the report says so.
+Inception-V3 FID/KID is not part of this version; the report says so.
 """
 
 from __future__ import annotations

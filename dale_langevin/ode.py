@@ -131,7 +131,11 @@ def network_evaluations(solver: str, n_steps: int, denoise: bool = True) -> int:
 
 
 def _divergence(f: Callable[[jax.Array], jax.Array], y: jax.Array, probe: jax.Array | None) -> jax.Array:
-    """``div f`` per example ``(B,)``: exact (one JVP per coordinate) if ``probe`` is None, else Hutchinson."""
+    """``div f`` per example ``(B,)``: exact (one JVP per coordinate) if ``probe`` is None, else Hutchinson.
+
+    The exact path perturbs one coordinate of every example at once, so it assumes ``f`` treats
+    examples independently (true of a per-example network and of the analytic scores).
+    """
     if probe is not None:
         _, jz = jax.jvp(f, (y,), (probe,))
         return jnp.sum((probe * jz).reshape(y.shape[0], -1), axis=1)
