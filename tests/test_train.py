@@ -32,6 +32,8 @@ def tiny_config(**overrides):
     c.training.n_iters = 6
     c.training.log_every = 2
     c.training.ckpt_every = 3
+    c.training.sample_every = 6
+    c.training.sample_grid_steps = 2
     c.optim.warmup_steps = 2
     c.sampling.n_steps = 5
     c.sampling.denoise_steps = 2
@@ -150,6 +152,7 @@ def test_end_to_end_training_writes_everything(trained_run):
     stats = np.load(os.path.join(workdir, sampling.STATS_FILE))
     chex.assert_shape([stats["pixel_loc"], stats["class_means"]], [(28, 28, 1), (10, 28, 28, 1)])
     assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+    assert os.listdir(os.path.join(workdir, "samples")) == ["step_0000006.png"]  # training.sample_every = 6
     logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [m["step"] for m in logged] == [2, 4, 6] and logged[-1]["loss"] == pytest.approx(metrics["loss"])
 
