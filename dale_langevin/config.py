@@ -141,9 +141,9 @@ def make_model(config) -> ScoreUNet:
     )
 
 
-def sampling_methods(config) -> tuple[str, ...]:
+def sampling_methods(config, process: DiffusionProcess) -> tuple[str, ...]:
     """Methods ``config.sampling.method`` may name: the process's SDE samplers, plus ``ode`` for GBM."""
-    return tuple(make_process(config).sampler_methods) + (("ode",) if config.process.name == "gbm" else ())
+    return tuple(process.sampler_methods) + (("ode",) if config.process.name == "gbm" else ())
 
 
 def sampler_kwargs(config, n_steps: int | None = None) -> dict:
@@ -179,7 +179,7 @@ def validate(config) -> None:
     _require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables clipping)")
     _require(0 <= config.ema.decay < 1, "ema.decay", f"must lie in [0, 1), got {config.ema.decay}")
     s = config.sampling
-    methods = sampling_methods(config)
+    methods = sampling_methods(config, process)
     _require(s.method in methods, "sampling.method",
              f"must be one of {methods} for process {config.process.name!r}, got {s.method!r}")
     if s.method == "ode":

@@ -121,9 +121,10 @@ def sample_and_save(config, workdir: str) -> dict:
     from dale_langevin import checkpoint, train  # train imports this module
 
     config_lib.validate(config)
-    process, model, _, state = train.build(config)
+    process, model = config_lib.make_process(config), config_lib.make_model(config)
+    like = jax.eval_shape(lambda: train.build(config)[3])  # shapes only: no parameter initialisation
     mngr = checkpoint.manager(workdir, config.training.keep_checkpoints)
-    restored = checkpoint.restore_latest(mngr, state)
+    restored = checkpoint.restore_latest(mngr, like)
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (--mode=train)")
     stats = start_stats(config, process, workdir, write=jax.process_index() == 0)

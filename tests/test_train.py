@@ -39,12 +39,7 @@ def tiny_config(**overrides):
     c.sampling.denoise_steps = 2
     c.sampling.n_samples = 6
     c.sampling.batch_size = 4
-    for path, value in overrides.items():
-        node = c
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    c.update_from_flattened_dict(overrides)
     return c
 
 
