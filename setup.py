@@ -28,8 +28,9 @@ setup(
         "tqdm>=4.66",
         "tensorboard>=2.16",  # flax.metrics.tensorboard writes through tf.summary
         "importlib_resources>=6",  # TFDS needs it to download
+        "matplotlib>=3.8",  # ablation and benchmark figures, notebook plots
     ],
     extras_require={
-        "test": ["pytest>=8", "scipy>=1.11"],
+        "test": ["pytest>=8", "scipy>=1.11", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
 )
