@@ -59,7 +59,7 @@ ROWS: tuple[Row, ...] = (
     Row("gbm_sign_agnostic", "gbm", "process", (("sampling.method", "sign_agnostic"),)),
     Row("ve_euler_maruyama", "ve", "process"),
     Row("vp_euler_maruyama", "vp", "process"),
-    Row("gbm_ode", "gbm", "process", (("sampling.method", "ode"),)),
+    Row("gbm_ode", "gbm", "process", (("sampling.method", "ode"), ("@ode_steps_half", True))),
     Row("weighting_noise", "gbm_noise", "weighting"),
     Row("weighting_likelihood", "gbm_likelihood", "weighting"),
     Row("prior_scalar", "gbm", "prior", (("sampling.start", "scalar"),)),
@@ -106,6 +106,8 @@ def row_config(base, row: Row, n_steps: int | None = None):
     overrides = dict(row.overrides)
     if n_steps is not None:
         overrides["sampling.n_steps"] = n_steps
+    if overrides.pop("@ode_steps_half", False) and n_steps is None:  # dpm2 costs 2 evaluations per level
+        overrides["sampling.n_steps"] = max(1, c.sampling.n_steps // 2)
     if "@published_extras" in overrides:
         n = overrides.get("sampling.n_steps", c.sampling.n_steps)
         overrides.update(published_extras(overrides.pop("@published_extras"), n, c.process.gbm.T))
@@ -301,9 +303,11 @@ def run(config, workdir: str, log=print) -> dict:
     log(f"[ablation] feature classifier test accuracy {judge.accuracy:.3f}")
     main = [sample_row(config, workdir, r, None, judge, log) for r in rows]
     curve_rows = select_rows(a.curves) if a.curves else []
-    curves = {r.name: sorted([sample_row(config, workdir, r, n, judge, log) for n in a.nfe_steps]
-                             + [m for m in main if m["row"] == r.name], key=lambda x: x["nfe"])
-              for r in curve_rows}
+    curves = {}
+    for r in curve_rows:
+        points = [sample_row(config, workdir, r, n, judge, log) for n in a.nfe_steps]
+        points += [m for m in main if m["row"] == r.name]
+        curves[r.name] = sorted({p["nfe"]: p for p in points}.values(), key=lambda p: p["nfe"])
     result = {"trainings": trainings, "rows": main, "curves": curves, "classifier_accuracy": judge.accuracy,
               "seconds": time.perf_counter() - t_start}
     write_reports(config, workdir, result)

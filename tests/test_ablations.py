@@ -86,7 +86,7 @@ def test_micro_run_writes_a_table_with_every_row(tmp_path):
         assert 0.0 <= float(r["diverged"]) <= 1.0 and float(r["seconds"]) > 0
     assert float(table[0]["diverged"]) == 0.0  # Dale-Langevin never leaves the positive orthant
     nfe = {r["row"]: int(r["nfe"]) for r in table}
-    assert nfe["gbm_dale_langevin"] == 3 + 1 and nfe["extras_off_dale_langevin"] == 3 and nfe["gbm_ode"] == 2 * 3 + 1
+    assert nfe["gbm_dale_langevin"] == 3 + 1 and nfe["extras_off_dale_langevin"] == 3 and nfe["gbm_ode"] == 2 * 1 + 1
     report = (tmp_path / "ablation.md").read_text()
     assert all(f"| {name} |" in report for name in ablations.ROW_NAMES)
     assert set(result["trainings"]) == set(ablations.TRAININGS)
