@@ -9,12 +9,13 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from dale_langevin import data, ode, parallel
+from dale_langevin import data, fast, inception, ode, parallel
 from dale_langevin.losses import T_SAMPLINGS
 from dale_langevin.models import ScoreUNet
 from dale_langevin.process import WEIGHTINGS, DiffusionProcess, get_process
 
 STARTS = ("per_pixel", "scalar", "class_average")
+INCEPTION_MODES = ("auto", "on", "off")
 DTYPES = ("float32", "bfloat16")
 REQUIRED = (
     "seed", "host_device_count", "process.name", "data.dataset", "data.data_dir", "data.download",
@@ -25,9 +26,11 @@ REQUIRED = (
     "optim.beta1", "optim.beta2", "optim.eps", "optim.warmup_steps", "optim.grad_clip", "ema.decay",
     "ema.warmup", "sampling.method", "sampling.n_steps", "sampling.step_size", "sampling.n_inner",
     "sampling.noise_decay", "sampling.denoise_steps", "sampling.t_end", "sampling.start",
-    "sampling.ode_solver", "sampling.ode_t_end",
+    "sampling.ode_solver", "sampling.ode_t_end", "sampling.eta", "sampling.fast_t_end",
+    "sampling.fast_denoise_steps",
     "sampling.n_samples", "sampling.batch_size", "eval.classifier_epochs", "eval.kid_subsets",
-    "eval.kid_subset_size", "eval.n_nearest",
+    "eval.kid_subset_size", "eval.n_nearest", "eval.inception", "eval.inception_path", "eval.inception_url",
+    "eval.inception_batch_size",
 )
 
 
@@ -85,9 +88,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.ema.warmup = True  # effective decay min(decay, (1 + n) / (10 + n)): early EMA is not the init
 
     c.sampling = ml_collections.ConfigDict()
-    c.sampling.method = "dale_langevin"  # dale_langevin | sign_agnostic | ode (gbm); euler_maruyama (ve, vp)
+    # dale_langevin | sign_agnostic | ode | ddim | dpm2m (gbm); euler_maruyama (ve, vp)
+    c.sampling.method = "dale_langevin"
     c.sampling.ode_solver = "dpm2"  # method=ode: euler | heun | dpm1 | dpm2 (probability-flow ODE, log space)
     c.sampling.ode_t_end = 1e-3  # method=ode: integrate down to this time, then one Tweedie step
+    # Stochastic few-step samplers in log space (dale_langevin/fast.py), one score evaluation per step,
+    # n_steps + fast_denoise_steps in all: ddim (first order) | dpm2m (second-order multistep).
+    c.sampling.eta = 1.0  # method=ddim|dpm2m: noise in [0, 1]; 1 = reverse SDE (ddim: ancestral), 0 = the ODE
+    c.sampling.fast_t_end = 5e-3  # method=ddim|dpm2m: last time of the log_std grid
+    c.sampling.fast_denoise_steps = 10  # method=ddim|dpm2m: Tweedie updates at fast_t_end (1 = posterior mean)
     c.sampling.n_steps = 1000
     c.sampling.step_size = config_dict.placeholder(float)  # None: (T - t_end) / n_steps
     c.sampling.n_inner = 1
@@ -103,6 +112,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.kid_subsets = 64  # published KID protocol: 64 subsets of 64
     c.eval.kid_subset_size = 64
     c.eval.n_nearest = 16  # samples shown beside their nearest training image
+    # Inception-V3 FID/KID (TTUR graph, comparable with papers): auto = when the weights can be had,
+    # else the report says why | on = stop at start if they cannot | off = skip.
+    c.eval.inception = "auto"
+    c.eval.inception_path = config_dict.placeholder(str)  # local classify_image_graph_def.pb or inception-2015-12-05.tgz
+    # Fetched once into ~/.cache/dale_langevin (or $XDG_CACHE_HOME's) when no path is set; "" = never download.
+    c.eval.inception_url = inception.DEFAULT_URL
+    c.eval.inception_batch_size = 50
     return c
 
 
@@ -142,8 +158,8 @@ def make_model(config) -> ScoreUNet:
 
 
 def sampling_methods(config, process: DiffusionProcess) -> tuple[str, ...]:
-    """Methods ``config.sampling.method`` may name: the process's SDE samplers, plus ``ode`` for GBM."""
-    return tuple(process.sampler_methods) + (("ode",) if config.process.name == "gbm" else ())
+    """Methods ``config.sampling.method`` may name: the process's SDE samplers, plus ``ode``, ``ddim``, ``dpm2m`` for GBM."""
+    return tuple(process.sampler_methods) + (("ode",) + fast.SOLVERS if config.process.name == "gbm" else ())
 
 
 def sampler_kwargs(config, n_steps: int | None = None) -> dict:
@@ -185,9 +201,18 @@ def validate(config) -> None:
     if s.method == "ode":
         _require(s.ode_solver in ode.SOLVERS, "sampling.ode_solver", f"must be one of {ode.SOLVERS}, got {s.ode_solver!r}")
         _require(0 < s.ode_t_end < process.T, "sampling.ode_t_end", f"must lie in (0, T), got {s.ode_t_end}")
+    if s.method in fast.SOLVERS:
+        _require(isinstance(s.eta, (int, float)) and not isinstance(s.eta, bool) and 0 <= s.eta <= 1, "sampling.eta",
+                 f"must be a number in [0, 1] (1 = reverse SDE, 0 = probability-flow ODE), got {s.eta!r}")
+        _require(0 < s.fast_t_end < process.T, "sampling.fast_t_end", f"must lie in (0, T), got {s.fast_t_end}")
+        _require(isinstance(s.fast_denoise_steps, int) and s.fast_denoise_steps >= 0, "sampling.fast_denoise_steps",
+                 f"must be an int >= 0, got {s.fast_denoise_steps!r}")
+    _require(isinstance(s.n_steps, int) and s.n_steps >= 1, "sampling.n_steps", f"must be an int >= 1, got {s.n_steps!r}")
     _require(s.start in STARTS, "sampling.start", f"must be one of {STARTS}, got {s.start!r}")
     _require(s.n_samples >= 1, "sampling.n_samples", "must be >= 1")
-    for field in ("classifier_epochs", "kid_subsets", "kid_subset_size", "n_nearest"):
+    for field in ("classifier_epochs", "kid_subsets", "kid_subset_size", "n_nearest", "inception_batch_size"):
         _require(config.eval[field] >= 1, f"eval.{field}", f"must be >= 1, got {config.eval[field]!r}")
+    _require(config.eval.inception in INCEPTION_MODES, "eval.inception",
+             f"must be one of {INCEPTION_MODES}, got {config.eval.inception!r}")
     _require(s.batch_size >= 1 and s.batch_size % parallel.local_device_count() == 0, "sampling.batch_size",
              f"={s.batch_size} must be a positive multiple of the local device count {parallel.local_device_count()}")

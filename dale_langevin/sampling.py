@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dale_langevin import config as config_lib, data, images, ode, parallel, samplers
+from dale_langevin import config as config_lib, data, fast, images, ode, parallel, samplers
 from dale_langevin.losses import network_score_fn
 from dale_langevin.process import check_choice
 
@@ -80,6 +80,9 @@ def generate(config, process, model, params, stats: dict, rng: jax.Array, n: int
         if s.method == "ode":
             return ode.ode_sample(score, x_T, process, solver=s.ode_solver, n_steps=n_steps or s.n_steps,
                                   t_end=s.ode_t_end)
+        if s.method in fast.SOLVERS:
+            return fast.SAMPLERS[s.method](rng, score, x_T, process, eta=s.eta, n_steps=n_steps or s.n_steps,
+                                           t_end=s.fast_t_end, denoise_steps=s.fast_denoise_steps)
         return samplers.sample(rng, score, x_T, process, **config_lib.sampler_kwargs(config, n_steps))
 
     p_sample = parallel.pmap(device_sample)
@@ -97,10 +100,12 @@ def generate(config, process, model, params, stats: dict, rng: jax.Array, n: int
 
 
 def network_evaluations(config, n_steps: int | None = None) -> int:
-    """Score evaluations per sample: ``n_steps * n_inner + denoise_steps`` (SDE) or the ODE solver's count."""
+    """Score evaluations per sample: ``n_steps * n_inner + denoise_steps`` (SDE), ``n_steps + fast_denoise_steps`` (ddim, dpm2m) or the ODE solver's count."""
     s = config.sampling
     if s.method == "ode":
         return ode.network_evaluations(s.ode_solver, n_steps or s.n_steps)
+    if s.method in fast.SOLVERS:
+        return fast.network_evaluations(n_steps or s.n_steps, s.fast_denoise_steps)
     return (n_steps or s.n_steps) * s.n_inner + s.denoise_steps
 
 
@@ -135,10 +140,15 @@ def sample_and_save(config, workdir: str) -> dict:
     seconds = time.perf_counter() - t0
     summary = dict(step=int(restored.step), n_samples=s.n_samples, method=s.method, n_steps=s.n_steps,
                    start=s.start, network_evaluations=network_evaluations(config), seconds=seconds)
+    label = s.method
+    if s.method == "ode":
+        label = f"ode ({s.ode_solver})"
+    elif s.method in fast.SOLVERS:
+        label = f"{s.method} (eta {s.eta})"
     if jax.process_index() == 0:
         np.savez(os.path.join(workdir, "samples.npz"), images=imgs, raw=raw, labels=labels)
         images.save_grid(imgs, os.path.join(workdir, "samples.png"))
-        print(f"Sampled {s.n_samples} images at step {summary['step']} with {s.method}, {s.n_steps} levels, "
+        print(f"Sampled {s.n_samples} images at step {summary['step']} with {label}, {s.n_steps} levels, "
               f"start {s.start}: {summary['network_evaluations']} network evaluations per sample, "
               f"{seconds:.1f} s wall (compile included) -> {workdir}/samples.png", flush=True)
     return summary

@@ -39,6 +39,7 @@ def tiny_config(**overrides):
     c.sampling.denoise_steps = 2
     c.sampling.n_samples = 6
     c.sampling.batch_size = 4
+    c.eval.inception = "off"  # a networked machine would otherwise fetch 88 MB of Inception weights
     c.update_from_flattened_dict(overrides)
     return c
 
