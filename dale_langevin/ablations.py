@@ -358,11 +358,12 @@ def markdown_report(config, result: dict) -> str:
         loss = f"{s['final_loss']:.3f}" if s.get("final_loss") is not None else "-"
         lines.append(f"| {s['training']} | {s['description']} | {s['steps']} | {s['seconds']:.0f} | {loss} |")
     if result["curves"]:
-        lines += ["", "FID against network evaluations (NFE):", "", "| row | " + " | ".join(
-            f"NFE {c['nfe']}: FID" for c in next(iter(result["curves"].values()))) + " |"]
-        lines.append("|---|" + "---|" * len(next(iter(result["curves"].values()))))
+        width = max(len(points) for points in result["curves"].values())
+        lines += ["", "FID against network evaluations (each cell: NFE: FID):", "",
+                  "| row | " + " | ".join(f"point {i + 1}" for i in range(width)) + " |", "|---|" + "---|" * width]
         for name, points in result["curves"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{p['nfe']}: {p['fid']:.2f}" for p in points) + " |")
+            cells = [f"{p['nfe']}: {p['fid']:.2f}" for p in points] + [""] * (width - len(points))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += ["", "![metric against NFE](nfe.png)"]
     lines += ["", f"Whole run: {result['seconds'] / 60:.1f} minutes.", "", "![samples of every row](samples.png)", ""]
     return "\n".join(lines)
