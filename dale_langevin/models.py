@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dale_langevin import conv as conv_lib
+
 
 def sinusoidal_embedding(level: jax.Array, dim: int, scale: float = 100.0, max_period: float = 1e4) -> jax.Array:
     """Sin/cos features of a scalar per example: ``level`` ``(B,)`` -> ``(B, dim)`` (``dim`` even).
@@ -41,23 +43,30 @@ def _groups(channels: int, max_groups: int = 32) -> int:
     return math.gcd(channels, max_groups) if channels >= 8 else 1
 
 
+def _conv(features: int, kernel: int, cpu_conv: str, dtype, **kwargs) -> nn.Conv:
+    """An ``nn.Conv`` (``kernel x kernel``, SAME), with the im2col kernel gradient where ``cpu_conv`` selects it."""
+    impl = conv_lib.select(cpu_conv, (kernel, kernel))
+    return nn.Conv(features, (kernel, kernel), dtype=dtype, conv_general_dilated=impl, **kwargs)
+
+
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-Conv twice, with the embedding added in between; 1x1 skip when channels change."""
 
     out_channels: int
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    cpu_conv: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, *, train: bool) -> jax.Array:
         h = nn.silu(nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
-        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h)
+        h = _conv(self.out_channels, 3, self.cpu_conv, self.dtype)(h)
         h = h + nn.Dense(self.out_channels, dtype=self.dtype)(nn.silu(emb))[:, None, None, :]
         h = nn.silu(nn.GroupNorm(_groups(self.out_channels), dtype=self.dtype)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+        h = _conv(self.out_channels, 3, self.cpu_conv, self.dtype, kernel_init=nn.initializers.zeros)(h)
         if x.shape[-1] != self.out_channels:
-            x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype)(x)
+            x = _conv(self.out_channels, 1, self.cpu_conv, self.dtype)(x)
         return x + h
 
 
@@ -85,6 +94,9 @@ class ScoreUNet(nn.Module):
       dropout: dropout rate inside residual blocks (active only with ``train=True``).
       dtype: computation dtype (``jnp.bfloat16`` on TPU/GPU is an option); parameters stay float32
         and the output is returned as float32.
+      cpu_conv: ``"auto"`` (1x1 convolutions on the CPU backend), ``"on"`` (every convolution) or
+        ``"off"``: convolutions whose kernel gradient is an im2col matmul (:mod:`dale_langevin.conv`,
+        which gives the measurements behind ``"auto"``); same parameters and values either way.
     """
 
     channels: int = 32
@@ -93,6 +105,7 @@ class ScoreUNet(nn.Module):
     attn_resolutions: Sequence[int] = ()
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    cpu_conv: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, noise_level: jax.Array, *, train: bool = False) -> jax.Array:
@@ -107,8 +120,9 @@ class ScoreUNet(nn.Module):
         emb = nn.Dense(emb_dim, dtype=self.dtype)(emb)
         emb = nn.Dense(emb_dim, dtype=self.dtype)(nn.silu(emb))
 
-        block = lambda c: ResBlock(c, self.dropout, self.dtype)  # noqa: E731
-        h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
+        block = lambda c: ResBlock(c, self.dropout, self.dtype, self.cpu_conv)  # noqa: E731
+        conv = lambda c, **kw: _conv(c, 3, self.cpu_conv, self.dtype, **kw)  # noqa: E731
+        h = conv(self.channels)(x.astype(self.dtype))
         skips = [h]
         for i, mult in enumerate(self.channel_mult):
             for _ in range(self.num_res_blocks):
@@ -117,7 +131,7 @@ class ScoreUNet(nn.Module):
                     h = AttnBlock(self.dtype)(h)
                 skips.append(h)
             if i < levels - 1:
-                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)
+                h = conv(h.shape[-1], strides=(2, 2))(h)
                 skips.append(h)
 
         h = block(h.shape[-1])(h, emb, train=train)
@@ -132,8 +146,8 @@ class ScoreUNet(nn.Module):
             if i > 0:
                 b, hgt, wid, c = h.shape
                 h = jax.image.resize(h, (b, 2 * hgt, 2 * wid, c), "nearest")
-                h = nn.Conv(c, (3, 3), dtype=self.dtype)(h)
+                h = conv(c)(h)
 
         h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]), dtype=self.dtype)(h))
-        out = nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+        out = conv(x.shape[-1], kernel_init=nn.initializers.zeros)(h)
         return out.astype(jnp.float32)

@@ -1,0 +1,84 @@
+"""The benchmark entry point on a micro config: every field present, finite and positive, ratios consistent."""
+
+import json
+import math
+
+import pytest
+
+from benchmarks import run
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    argv = ["--configs=demo", "--micro", "--batch=4", "--steps=2", "--warmup=1", "--nfe=3", "--sample_batch=4",
+            "--sample_repeats=1", "--cpu_conv_variants=off", f"--out={out}"]
+    returned = run.main(argv)
+    with open(out) as f:
+        written = json.load(f)
+    return returned, written
+
+
+def _positive(value):
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_json_has_every_field_finite_and_positive(report, n_devices):
+    _, r = report
+    d = r["device"]
+    assert d["backend"] == "cpu" and d["n_local_devices"] == n_devices and d["host_cores"] >= 1 and d["device_kind"]
+    c = r["configs"]["demo"]
+    assert c["micro"] and c["batch"] == 4 and c["sample_batch"] == 4 and _positive(c["params"])
+    assert set(c["train"]) == {"lean", "plain", "lean_cpu_conv_off"}
+    for key, row in c["train"].items():
+        for field in run.TRAIN_FIELDS:
+            assert _positive(row[field]), (key, field, row[field])
+        assert len(row["step_times_s"]) == 2 and row["loss_finite"]
+    lean, plain = c["train"]["lean"], c["train"]["plain"]
+    assert (lean["n_devices"], lean["per_device_batch"], lean["donated"], lean["host_sync_every_step"]) == (
+        n_devices, 4 // n_devices, True, False)
+    assert (plain["n_devices"], plain["donated"], plain["host_sync_every_step"], plain["cpu_conv"]) == (
+        1, False, True, "off")
+    assert lean["images_per_s"] == pytest.approx(4 / lean["s_per_step"])
+    assert lean["images_per_s_per_device"] == pytest.approx(lean["images_per_s"] / n_devices)
+    for key, row in c["sample"].items():
+        for field in run.SAMPLE_FIELDS:
+            assert _positive(row[field]), (key, field, row[field])
+        assert row["nfe"] == 3 and row["batch"] == 4 and row["finite"]
+        assert row["s_per_nfe"] == pytest.approx(row["seconds"] / 3)
+    assert _positive(c["memory"]["host_peak_rss_mib"])
+
+
+def test_ratios_are_the_time_ratios_of_the_rows(report):
+    returned, written = report
+    c = written["configs"]["demo"]
+    for field in (*run.RATIO_FIELDS, "train_lean_vs_lean_cpu_conv_off"):
+        assert _positive(c["ratios"][field]), field
+    train, sample = c["train"], c["sample"]
+    lean_s, plain_s = train["lean"]["s_per_step"], train["plain"]["s_per_step"]
+    assert c["ratios"]["train_lean_vs_plain"] == pytest.approx(plain_s / lean_s)
+    assert c["ratios"]["sample_lean_vs_plain"] == pytest.approx(sample["plain"]["seconds"] / sample["lean"]["seconds"])
+    assert returned["configs"]["demo"]["ratios"] == c["ratios"]  # the JSON is what main returns
+
+
+def test_torch_json_is_set_beside_matching_rows(report, tmp_path):
+    returned, _ = report
+    c = returned["configs"]["demo"]
+    ref = {"config": "demo", "torch_version": "x", "threads": 2,
+           "train": {"4": {"median_s": 0.5}, "128": {"median_s": 2.0}}, "forward": {"4": {"median_s": 0.1}}}
+    path = tmp_path / "torch.json"
+    path.write_text(json.dumps(ref))
+    side = run.torch_side(str(path), "demo", c)
+    assert side["train"]["4"]["torch_over_jax_lean"] == pytest.approx(0.5 / c["train"]["lean"]["s_per_step"])
+    assert "torch_over_jax_lean" not in side["train"]["128"]  # another batch: shown, not compared
+    assert side["forward"]["4"]["torch_over_jax_lean"] == pytest.approx(0.1 / c["sample"]["lean"]["s_per_nfe"])
+    assert run.torch_side(str(path), "mnist", c) is None
+
+
+def test_bad_flags_are_refused():
+    with pytest.raises(SystemExit):
+        run.parse_args(["--steps=0"])
+    with pytest.raises(ValueError, match="cpu_conv_variants"):
+        run.cpu_conv_variants("fast", "cpu")
+    assert run.cpu_conv_variants("auto_cpu_only", "gpu") == []
+    assert run.cpu_conv_variants("auto_cpu_only", "cpu") == ["off"]

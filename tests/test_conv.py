@@ -1,0 +1,128 @@
+"""The im2col-gradient convolution: values and gradients against lax + autodiff, policy, U-Net equivalence."""
+
+import collections
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from dale_langevin import conv
+from dale_langevin.models import ScoreUNet
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _close(actual, expected, rtol=1e-5):
+    """Relative to the largest entry: summation order differs between the two gradients."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("kernel, stride, c_in, c_out, size", [
+    (3, 1, 1, 8, 8), (3, 1, 16, 8, 7), (3, 2, 4, 6, 7), (1, 1, 16, 8, 6),
+])
+def test_values_and_gradients_match_stock(kernel, stride, c_in, c_out, size):
+    kx, kw, kg = jax.random.split(jax.random.key(kernel * 100 + stride * 10 + c_in), 3)
+    x = jax.random.normal(kx, (3, size, size + 1, c_in))
+    w = jax.random.normal(kw, (kernel, kernel, c_in, c_out)) / np.sqrt(kernel * kernel * c_in)
+    args = dict(window_strides=(stride, stride), padding="SAME", dimension_numbers=DN)
+
+    @jax.jit
+    def both(x, w):
+        y_ref, vjp_ref = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, **args), x, w)
+        y, vjp = jax.vjp(lambda x, w: conv.conv_general_dilated(x, w, **args), x, w)
+        g = jax.random.normal(kg, y_ref.shape)
+        return (y, *vjp(g)), (y_ref, *vjp_ref(g))
+
+    got, want = both(x, w)
+    for a, b in zip(got, want):  # output, input gradient, kernel gradient
+        _close(a, b)
+
+
+def test_unsupported_arguments_fall_back_to_the_stock_op():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+    w_grouped = jax.random.normal(jax.random.key(1), (3, 3, 2, 4))
+    w = jax.random.normal(jax.random.key(2), (3, 3, 4, 3))
+    grouped = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=DN, feature_group_count=2)
+    dilated = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=DN, rhs_dilation=(2, 2))
+    outputs = jax.jit(lambda f: (f(x, w_grouped, **grouped), f(x, w, **dilated)), static_argnums=0)
+    chex.assert_trees_all_equal(outputs(conv.conv_general_dilated), outputs(lax.conv_general_dilated))
+
+
+def test_policy():
+    assert jax.default_backend() == "cpu"  # the tests run on CPU (conftest)
+    assert conv.select("on", (3, 3)) is conv.conv_general_dilated
+    assert conv.select("auto", (1, 1)) is conv.conv_general_dilated
+    assert conv.select("auto", (3, 3)) is None
+    assert conv.select("off", (1, 1)) is None
+    with pytest.raises(ValueError, match="cpu_conv must be one of"):
+        conv.select("yes", (1, 1))
+
+
+def _primitive_counts(model, x, level) -> collections.Counter:
+    params = jax.eval_shape(model.init, jax.random.key(1), x, level)
+    return collections.Counter(e.primitive.name for e in jax.make_jaxpr(model.apply)(params, x, level).jaxpr.eqns)
+
+
+def test_the_flag_routes_the_unets_convolutions(unet_inputs):
+    x, level = unet_inputs
+    counts = {m: _primitive_counts(_unet(m), x, level) for m in conv.MODES}
+    total = counts["off"]["conv_general_dilated"]
+    assert total > 10 and counts["off"]["custom_vjp_call"] == 0
+    assert counts["on"]["custom_vjp_call"] == total and counts["on"]["conv_general_dilated"] == 0
+    # auto on CPU: only the 1x1 skip convolutions (one per block that changes width) take the custom path.
+    assert 0 < counts["auto"]["custom_vjp_call"] < total
+    assert counts["auto"]["custom_vjp_call"] + counts["auto"]["conv_general_dilated"] == total
+
+
+@pytest.fixture(scope="module")
+def unet_inputs():
+    x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1), minval=-1.0, maxval=1.0)
+    level = jnp.array([-2.0, 0.5])
+    return x, level
+
+
+def _unet(cpu_conv, dtype=jnp.float32):
+    # Two levels: 3x3 convolutions, a stride-2 one and 1x1 skips (8 -> 16 -> 8 channels).
+    return ScoreUNet(channels=8, channel_mult=(1, 2), num_res_blocks=1, cpu_conv=cpu_conv, dtype=dtype)
+
+
+def _random_params(model, x, level):
+    """Random values (no zero-initialised kernels hiding gradient differences) in the model's parameter tree."""
+    shapes = jax.eval_shape(model.init, jax.random.key(1), x, level)
+    rng = np.random.default_rng(0)
+    return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype), shapes)
+
+
+def test_unet_params_outputs_and_gradients_do_not_depend_on_the_flag(unet_inputs):
+    x, level = unet_inputs
+    trees = {m: jax.eval_shape(_unet(m).init, jax.random.key(1), x, level) for m in conv.MODES}
+    # Same names, shapes and dtypes: checkpoints load whichever convolution a model uses.
+    chex.assert_trees_all_equal_shapes_and_dtypes(trees["on"], trees["off"])
+    chex.assert_trees_all_equal_shapes_and_dtypes(trees["auto"], trees["off"])
+    params = _random_params(_unet("off"), x, level)
+
+    def loss(mode):
+        fn = lambda p, x: jnp.sum(jnp.tanh(_unet(mode).apply(p, x, level)))  # noqa: E731
+        return jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
+
+    # "on" routes every convolution (3x3, stride 2, 1x1) through conv.py; "auto" is a mix of the two.
+    ref_loss, ref_grads = loss("off")(params, x)
+    got_loss, got_grads = loss("on")(params, x)
+    _close(got_loss, ref_loss)
+    jax.tree.map(_close, got_grads, ref_grads)
+
+
+def test_bfloat16_model_keeps_float32_params_and_output(unet_inputs):
+    x, level = unet_inputs
+    params = _random_params(_unet("off"), x, level)
+    out32 = jax.jit(_unet("off").apply)(params, x, level)
+    out16 = jax.jit(_unet("off", jnp.bfloat16).apply)(params, x, level)
+    assert out16.dtype == jnp.float32
+    # bf16 keeps 8 bits of mantissa: close to the float32 output, not identical.
+    np.testing.assert_allclose(out16, out32, atol=0.05 * float(jnp.abs(out32).max()))
+    assert not np.array_equal(out16, out32)
