@@ -250,18 +250,6 @@ class _FeatureJudge:
                 "nn_ratio": nn_median / self.baseline_nn}
 
 
-def _restore_ema(config, workdir: str):
-    import jax
-
-    from dale_langevin import checkpoint, train
-
-    like = jax.eval_shape(lambda: train.build(config)[3])
-    restored = checkpoint.restore_latest(checkpoint.manager(workdir, config.training.keep_checkpoints), like)
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-    return restored.ema_params
-
-
 def sample_row(config, workdir: str, row: Row, n_steps: int | None, judge: _FeatureJudge, log=print) -> dict:
     """Samples ``config.ablation.n_samples`` images for ``row`` at ``n_steps`` levels and scores them (cached)."""
     import jax
@@ -277,7 +265,7 @@ def sample_row(config, workdir: str, row: Row, n_steps: int | None, judge: _Feat
     train_dir = os.path.join(workdir, "train", row.training)
     process, model = config_lib.make_process(cfg), config_lib.make_model(cfg)
     stats = sampling.start_stats(cfg, process, train_dir)
-    params = _restore_ema(cfg, train_dir)
+    params = sampling.restore_latest_state(cfg, train_dir).ema_params
     t0 = time.perf_counter()
     images, _, _ = sampling.generate(cfg, process, model, params, stats, jax.random.key(cfg.seed + 1),
                                        config.ablation.n_samples)

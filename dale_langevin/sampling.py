@@ -118,20 +118,28 @@ def write_grid(config, process, model, params, stats, path: str, *, n_steps: int
     return imgs
 
 
+def restore_latest_state(config, workdir: str):
+    """The latest ``TrainState`` in ``workdir/checkpoints``, restored against its abstract shapes.
+
+    Raises ``FileNotFoundError`` when there is no checkpoint.
+    """
+    from dale_langevin import checkpoint, train  # train imports this module
+
+    like = jax.eval_shape(lambda: train.build(config)[3])  # shapes only: no parameter initialisation
+    restored = checkpoint.restore_latest(checkpoint.manager(workdir, config.training.keep_checkpoints), like)
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (--mode=train)")
+    return restored
+
+
 def sample_and_save(config, workdir: str) -> dict:
     """``--mode=sample``: latest EMA params -> ``samples.npz`` (images, raw, labels) and ``samples.png``.
 
     Returns a summary dict with the number of network evaluations and the wall time.
     """
-    from dale_langevin import checkpoint, train  # train imports this module
-
     config_lib.validate(config)
     process, model = config_lib.make_process(config), config_lib.make_model(config)
-    like = jax.eval_shape(lambda: train.build(config)[3])  # shapes only: no parameter initialisation
-    mngr = checkpoint.manager(workdir, config.training.keep_checkpoints)
-    restored = checkpoint.restore_latest(mngr, like)
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (--mode=train)")
+    restored = restore_latest_state(config, workdir)
     stats = start_stats(config, process, workdir, write=jax.process_index() == 0)
     s = config.sampling
     t0 = time.perf_counter()
