@@ -21,7 +21,8 @@ def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2, scale:
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
     grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 0.5, np.float32)
-    for i, img in enumerate(np.clip(images, 0.0, 1.0)):
+    # NaN pixels (a diverged sampler) show as black rather than as undefined uint8 values.
+    for i, img in enumerate(np.clip(np.nan_to_num(images, nan=0.0), 0.0, 1.0)):
         r, q = divmod(i, ncols)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = img
     grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)

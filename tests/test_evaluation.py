@@ -3,6 +3,7 @@
 import numpy as np
 
 from dale_langevin.evaluation import class_histogram, nearest_neighbours
+from dale_langevin.images import make_grid
 
 
 def test_nearest_neighbours_matches_brute_force():
@@ -22,3 +23,11 @@ def test_class_histogram():
     collapsed = class_histogram(np.array([3, 3, 3, 4]), 10)
     assert collapsed["empty_classes"] == [0, 1, 2, 5, 6, 7, 8, 9]
     assert 0 < collapsed["normalised_entropy"] < 0.3
+
+
+def test_grid_shows_nan_pixels_as_black_without_warnings():
+    imgs = np.full((2, 3, 3, 1), 0.75, np.float32)
+    imgs[1, 1, 1, 0] = np.nan
+    with np.errstate(invalid="raise"):
+        grid = make_grid(imgs, ncols=2, pad=1, scale=1)
+    assert grid.dtype == np.uint8 and grid[2, 6, 0] == 0 and grid[2, 2, 0] == round(0.75 * 255)
