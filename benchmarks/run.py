@@ -43,7 +43,7 @@ import jaxlib
 import numpy as np
 import optax
 
-from dale_langevin import config as config_lib, data, parallel, samplers, train
+from dale_langevin import config as config_lib, data, hostmem, parallel, samplers, train
 from dale_langevin.losses import dsm_loss, network_score_fn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="", help="model.dtype override (float32 | bfloat16); '' = the config's")
     p.add_argument("--host_devices", type=int, default=0,
                    help="CPU hosts: forced host devices for pmap (0 = one per core, -1 = leave XLA_FLAGS alone)")
+    p.add_argument("--host_allocator", default="auto", choices=hostmem.MODES,
+                   help="host malloc as config.host_allocator (auto = retain XLA's per-call buffers on a CPU-only "
+                        "install, see dale_langevin/hostmem.py); process-wide, so every row runs under it")
     p.add_argument("--torch_json", default="", help="comma list of benchmarks/torch_reference.py outputs to set beside")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -118,15 +121,16 @@ def peak_memory() -> dict:
     return dict(host_peak_rss_mib=rss / 2**20, device_peak_bytes_in_use=stats.get("peak_bytes_in_use"))
 
 
-def time_calls(fn: Callable[[], Any], n: int) -> tuple[list[float], list[float]]:
-    """Calls ``fn`` ``n`` times; per call wall seconds and process CPU seconds (all threads)."""
-    wall, cpu = [], []
+def time_calls(fn: Callable[[], Any], n: int) -> tuple[list[float], list[float], list[int]]:
+    """Calls ``fn`` ``n`` times; per call wall seconds, process CPU seconds (all threads), minor page faults."""
+    wall, cpu, faults = [], [], []
     for _ in range(n):
-        w, c = time.perf_counter(), time.process_time()
+        w, c, f = time.perf_counter(), time.process_time(), hostmem.minor_faults()
         fn()
         wall.append(time.perf_counter() - w)
         cpu.append(time.process_time() - c)
-    return wall, cpu
+        faults.append(hostmem.minor_faults() - f)
+    return wall, cpu, faults
 
 
 class Variant(NamedTuple):
@@ -144,14 +148,17 @@ def time_interleaved(variants: dict[str, Variant], warmup: int, n: int) -> dict[
     """
     for v in variants.values():
         time_calls(v.call, warmup)
-    wall = {k: [] for k in variants}
-    cpu = {k: [] for k in variants}
+    wall, cpu, faults = ({k: [] for k in variants} for _ in range(3))
     for _ in range(n):
         for k, v in variants.items():
-            w, c = time_calls(v.call, 1)
+            w, c, f = time_calls(v.call, 1)
             wall[k] += w
             cpu[k] += c
-    return {k: v.row(v.compile_s, wall[k], cpu[k]) for k, v in variants.items()}
+            faults[k] += f
+    rows = {k: v.row(v.compile_s, wall[k], cpu[k]) for k, v in variants.items()}
+    for k, row in rows.items():  # host page faults per call: what config.host_allocator removes on a CPU
+        row["minor_faults_per_call"] = statistics.median(faults[k])
+    return rows
 
 
 def compile_timed(fn, *args) -> tuple[Any, float]:
@@ -412,7 +419,8 @@ def table(results: dict) -> str:
         for key, row in r["train"].items():
             lines.append(f"{name:8s} train/{key:16s} {row['compile_s']:9.2f} {row['s_per_step']:11.4f} "
                          f"{row['images_per_s']:8.1f} {row['images_per_s_per_device']:9.1f} {row['cores_used']:5.2f}  "
-                         f"batch {r['batch']}, {row['n_devices']} dev, cpu_conv={row['cpu_conv']}")
+                         f"batch {r['batch']}, {row['n_devices']} dev, cpu_conv={row['cpu_conv']}, "
+                         f"{row['minor_faults_per_call']:,.0f} page faults/step")
         for key, row in r["sample"].items():
             lines.append(f"{name:8s} sample/{key:15s} {row['compile_s']:9.2f} {row['seconds']:11.4f} "
                          f"{row['images_per_s']:8.1f} {row['images_per_s'] / row['n_devices']:9.1f} {'':5s}  "
@@ -435,8 +443,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.host_devices >= 0:
         parallel.force_host_devices(args.host_devices)  # before JAX starts its backends; no-op if already set
+    allocator = hostmem.configure(args.host_allocator)  # also before the backends (threads pick arenas early)
     load_start = os.getloadavg()
-    report = dict(device=device_info(), settings=vars(args), loadavg_start=load_start, configs={})
+    report = dict(device={**device_info(), "host_allocator": allocator}, settings=vars(args), loadavg_start=load_start,
+                  configs={})
     for name in filter(None, args.configs.split(",")):
         report["configs"][name] = bench_config(name, args)
         print(table({name: report["configs"][name]}), flush=True)

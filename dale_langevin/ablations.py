@@ -407,10 +407,11 @@ def main(argv):  # pragma: no cover - thin CLI over run()
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from dale_langevin import parallel
+    from dale_langevin import hostmem, parallel
 
     config = _CONFIG.value
     parallel.force_host_devices(config.host_device_count)
+    hostmem.configure(config.host_allocator)
     run(config, _WORKDIR.value)
 
 

@@ -1,7 +1,7 @@
 """Entry point: ``python -m dale_langevin.main --config=configs/<set>.py --workdir=DIR [--mode=train|sample|eval]``.
 
-Parses flags, asks for one host device per CPU core (so pmap uses every core on a CPU-only host),
-initialises multi-host JAX when asked, and hands over to ``train.train_and_evaluate`` (then
+Parses flags, asks for one host device per CPU core (so pmap uses every core on a CPU-only host)
+and for a host allocator that reuses XLA's per-step buffers (``config.host_allocator``), initialises multi-host JAX when asked, and hands over to ``train.train_and_evaluate`` (then
 samples), ``sampling.sample_and_save`` or ``evaluation.evaluate``. Any config field can be
 overridden: ``--config.training.n_iters=2000``.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from dale_langevin import parallel
+from dale_langevin import hostmem, parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples (local or gs://).")
@@ -25,7 +25,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
-    parallel.force_host_devices(config.host_device_count)  # before JAX starts its backends
+    # Both before JAX starts its backends.
+    parallel.force_host_devices(config.host_device_count)
+    allocator = hostmem.configure(config.host_allocator)
 
     import jax  # noqa: E402  (after the device flag)
 
@@ -33,6 +35,9 @@ def main(argv):
 
     if _MULTIHOST.value:
         jax.distributed.initialize()
+    if jax.process_index() == 0:
+        print(f"Host allocator: {allocator['mode']} ({'applied' if allocator['applied'] else 'not applied'}: "
+              f"{allocator['reason']})", flush=True)
     if _MODE.value == "eval":
         evaluation.evaluate(config, _WORKDIR.value)
         return

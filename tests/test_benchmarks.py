@@ -12,7 +12,7 @@ from benchmarks import run
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     argv = ["--configs=demo", "--micro", "--batch=4", "--steps=2", "--warmup=1", "--nfe=3", "--sample_batch=4",
-            "--sample_repeats=1", "--cpu_conv_variants=off", f"--out={out}"]
+            "--sample_repeats=1", "--cpu_conv_variants=off", "--host_allocator=system", f"--out={out}"]  # malloc untouched in pytest
     returned = run.main(argv)
     with open(out) as f:
         written = json.load(f)
@@ -27,6 +27,7 @@ def test_json_has_every_field_finite_and_positive(report, n_devices):
     _, r = report
     d = r["device"]
     assert d["backend"] == "cpu" and d["n_local_devices"] == n_devices and d["host_cores"] >= 1 and d["device_kind"]
+    assert d["host_allocator"] == {"mode": "system", "applied": False, "reason": "glibc defaults requested"}
     c = r["configs"]["demo"]
     assert c["micro"] and c["batch"] == 4 and c["sample_batch"] == 4 and _positive(c["params"])
     assert set(c["train"]) == {"lean", "plain", "lean_cpu_conv_off"}
@@ -34,6 +35,7 @@ def test_json_has_every_field_finite_and_positive(report, n_devices):
         for field in run.TRAIN_FIELDS:
             assert _positive(row[field]), (key, field, row[field])
         assert len(row["step_times_s"]) == 2 and row["loss_finite"]
+        assert isinstance(row["minor_faults_per_call"], (int, float)) and row["minor_faults_per_call"] >= 0
     lean, plain = c["train"]["lean"], c["train"]["plain"]
     assert (lean["n_devices"], lean["per_device_batch"], lean["donated"], lean["host_sync_every_step"]) == (
         n_devices, 4 // n_devices, True, False)

@@ -72,6 +72,7 @@ def test_published_settings_in_fmnist_config():
         ({"model.channel_mult": (1, 2, 2, 2, 2)}, "config.model.channel_mult"),
         ({"ema.decay": 1.0}, "config.ema.decay"),
         ({"sampling.batch_size": 3}, "config.sampling.batch_size"),
+        ({"host_allocator": "jemalloc"}, "config.host_allocator"),
     ],
 )
 def test_config_errors_name_the_field(overrides, field):
