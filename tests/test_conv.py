@@ -126,3 +126,15 @@ def test_bfloat16_model_keeps_float32_params_and_output(unet_inputs):
     # bf16 keeps 8 bits of mantissa: close to the float32 output, not identical.
     np.testing.assert_allclose(out16, out32, atol=0.05 * float(jnp.abs(out32).max()))
     assert not np.array_equal(out16, out32)
+
+
+def test_upsample_matches_image_resize_and_its_gradient():
+    from dale_langevin.models import upsample_nearest
+
+    x = jax.random.normal(jax.random.key(3), (2, 3, 5, 4))
+    expected = jax.image.resize(x, (2, 6, 10, 4), "nearest")
+    chex.assert_trees_all_equal(upsample_nearest(x), expected)
+    g = jax.random.normal(jax.random.key(4), expected.shape)
+    grad = jax.grad(lambda x: jnp.vdot(upsample_nearest(x), g))(x)
+    # Each input pixel receives the sum of its 2x2 block of output gradients.
+    np.testing.assert_allclose(grad, g.reshape(2, 3, 2, 5, 2, 4).sum(axis=(2, 4)), rtol=1e-6)
