@@ -6,6 +6,7 @@ EMA parameters and writes ``samples.npz`` and ``samples.png`` to the work direct
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -64,6 +65,40 @@ def initial_state(rng: jax.Array, process, stats: dict, start: str, n: int) -> t
     return prior.sample(rng, shape), np.full((n,), -1)
 
 
+def sampler_settings(config, n_steps: int | None = None) -> tuple:
+    """The configured sampler as a hashable ``(method, ((name, value), ...))``: what the compiled sampler depends on."""
+    s = config.sampling
+    n_steps = n_steps or s.n_steps
+    if s.method == "ode":
+        kwargs = dict(solver=s.ode_solver, n_steps=n_steps, t_end=s.ode_t_end)
+    elif s.method in fast.SOLVERS:
+        kwargs = dict(eta=s.eta, n_steps=n_steps, t_end=s.fast_t_end, denoise_steps=s.fast_denoise_steps)
+    else:
+        kwargs = config_lib.sampler_kwargs(config, n_steps)
+    return s.method, tuple(sorted(kwargs.items()))
+
+
+@functools.lru_cache(maxsize=32)
+def _pmapped_sampler(model, process, settings: tuple):
+    """``(params, rngs, x_T) -> x_0`` pmapped over local devices, built once per (model, process, settings).
+
+    Cached so that repeated :func:`generate` calls (periodic grids in training, notebooks, the
+    ablation runner) reuse one compiled sampler instead of tracing and compiling it again.
+    """
+    method, kwargs = settings[0], dict(settings[1])
+
+    def device_sample(params, rng, x_T):
+        net = lambda inp, level: model.apply(params, inp, level, train=False)  # noqa: E731
+        score = network_score_fn(net, process)
+        if method == "ode":
+            return ode.ode_sample(score, x_T, process, **kwargs)
+        if method in fast.SOLVERS:
+            return fast.SAMPLERS[method](rng, score, x_T, process, **kwargs)
+        return samplers.sample(rng, score, x_T, process, **kwargs)
+
+    return parallel.pmap(device_sample)
+
+
 def generate(config, process, model, params, stats: dict, rng: jax.Array, n: int, n_steps: int | None = None):
     """Draws ``n`` images with the configured sampler, pmapped over local devices in batches.
 
@@ -71,21 +106,8 @@ def generate(config, process, model, params, stats: dict, rng: jax.Array, n: int
     in the process domain, and the start labels.
     """
     n_dev = parallel.local_device_count()
-    s = config.sampling
-    batch = s.batch_size
-
-    def device_sample(params, rng, x_T):
-        net = lambda inp, level: model.apply(params, inp, level, train=False)  # noqa: E731
-        score = network_score_fn(net, process)
-        if s.method == "ode":
-            return ode.ode_sample(score, x_T, process, solver=s.ode_solver, n_steps=n_steps or s.n_steps,
-                                  t_end=s.ode_t_end)
-        if s.method in fast.SOLVERS:
-            return fast.SAMPLERS[s.method](rng, score, x_T, process, eta=s.eta, n_steps=n_steps or s.n_steps,
-                                           t_end=s.fast_t_end, denoise_steps=s.fast_denoise_steps)
-        return samplers.sample(rng, score, x_T, process, **config_lib.sampler_kwargs(config, n_steps))
-
-    p_sample = parallel.pmap(device_sample)
+    batch = config.sampling.batch_size
+    p_sample = _pmapped_sampler(model, process, sampler_settings(config, n_steps))
     rparams = parallel.replicate(params)
     raws, labels = [], []
     for b in range(math.ceil(n / batch)):

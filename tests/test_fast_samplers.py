@@ -224,6 +224,12 @@ def test_generate_runs_the_fast_samplers():
     dpm1 = raw(method="ode", ode_solver="dpm1", ode_t_end=0.02)
     np.testing.assert_allclose(np.log(ddim), np.log(dpm1), atol=2e-5)
 
+    # A second call with the same settings reuses the compiled sampler (no new trace) and repeats the draw.
+    before = sampling._pmapped_sampler.cache_info()
+    np.testing.assert_array_equal(raw(method="ode", ode_solver="dpm1", ode_t_end=0.02), dpm1)
+    after = sampling._pmapped_sampler.cache_info()
+    assert (after.hits, after.misses) == (before.hits + 1, before.misses)
+
 
 def test_ddim_is_gbm_only():
     c = _config()
