@@ -84,3 +84,29 @@ def test_bad_flags_are_refused():
         run.cpu_conv_variants("fast", "cpu")
     assert run.cpu_conv_variants("auto_cpu_only", "gpu") == []
     assert run.cpu_conv_variants("auto_cpu_only", "cpu") == ["off"]
+
+
+def test_vs_torch_reads_each_rounds_ratios_and_takes_medians(report, tmp_path):
+    from benchmarks import vs_torch
+
+    _, written = report
+    c = written["configs"]["demo"]
+    rounds = []
+    for scale in (1.0, 2.0, 0.5):  # three rounds whose PyTorch medians differ
+        path = tmp_path / f"torch_{scale}.json"
+        path.write_text(json.dumps({"config": "demo", "train": {"4": {"median_s": scale * 0.1}},
+                                    "forward": {"4": {"median_s": scale * 0.01}}}))
+        joined = {"configs": {"demo": {**c, "torch": run.torch_side(str(path), "demo", c)}}}
+        rounds.append(vs_torch.round_ratios(joined, "demo", batch=4, forward_batch=4))
+    lean_s, per_nfe = c["train"]["lean"]["s_per_step"], c["sample"]["lean"]["s_per_nfe"]
+    assert rounds[1]["train_torch_over_jax"] == pytest.approx(0.2 / lean_s)
+    assert rounds[2]["forward_torch_over_jax"] == pytest.approx(0.005 / per_nfe)
+    medians = vs_torch.summarise(rounds)["medians"]
+    assert medians["train_torch_over_jax"] == pytest.approx(0.1 / lean_s)  # the middle round
+    assert medians["torch_forward_s"] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="no matching batch"):
+        vs_torch.round_ratios(joined, "demo", batch=128, forward_batch=4)
+    with pytest.raises(ValueError, match="no PyTorch side"):
+        vs_torch.round_ratios({"configs": {"demo": c}}, "demo", batch=4, forward_batch=4)
+    with pytest.raises(SystemExit):
+        vs_torch.parse_args(["--torch_python=python", "--out_dir=x", "--rounds=0"])
