@@ -1,4 +1,4 @@
-"""The im2col-gradient convolution: values and gradients against lax + autodiff, policy, U-Net equivalence."""
+"""The im2col-gradient convolution, the GroupNorm and upsampling of the U-Net: equal to the stock ops, gradients too."""
 
 import collections
 
@@ -138,3 +138,33 @@ def test_upsample_matches_image_resize_and_its_gradient():
     grad = jax.grad(lambda x: jnp.vdot(upsample_nearest(x), g))(x)
     # Each input pixel receives the sum of its 2x2 block of output gradients.
     np.testing.assert_allclose(grad, g.reshape(2, 3, 2, 5, 2, 4).sum(axis=(2, 4)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 5, 6, 32), 32), ((2, 4, 4, 64), 32), ((3, 7, 7, 12), 4), ((2, 9, 8), 4)])
+def test_group_norm_matches_flax_values_gradients_and_names(shape, groups):
+    from flax import linen as nn
+
+    from dale_langevin.models import GroupNorm
+
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(5), shape)  # an offset mean: tests the variance formula
+    ours, ref = GroupNorm(groups), nn.GroupNorm(groups, epsilon=1e-6)
+    params = ref.init(jax.random.key(0), x)
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(7), p.shape), params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(ours.init(jax.random.key(0), x), params)
+    g = jax.random.normal(jax.random.key(6), shape)
+    loss = lambda m: lambda p, x: jnp.vdot(nn.silu(m.apply(p, x)), g)  # noqa: E731
+    _close(ours.apply(params, x), ref.apply(params, x), rtol=2e-5)
+    for a, b in zip(jax.grad(loss(ours), argnums=(0, 1))(params, x), jax.grad(loss(ref), argnums=(0, 1))(params, x)):
+        jax.tree.map(lambda u, v: _close(u, v, rtol=5e-5), a, b)
+
+
+def test_group_norm_bfloat16_output_and_bad_groups():
+    from dale_langevin.models import GroupNorm
+
+    x = 100.0 + jax.random.normal(jax.random.key(1), (2, 4, 4, 8))
+    params = GroupNorm(4).init(jax.random.key(0), x)
+    y16 = GroupNorm(4, dtype=jnp.bfloat16).apply(params, x.astype(jnp.bfloat16))
+    assert y16.dtype == jnp.bfloat16
+    _close(y16.astype(jnp.float32), GroupNorm(4).apply(params, x), rtol=0.1)  # bf16 input rounding at mean 100
+    with pytest.raises(ValueError, match="6 channels do not split into 4 groups"):
+        GroupNorm(4).init(jax.random.key(0), jnp.zeros((1, 2, 2, 6)))
