@@ -28,7 +28,10 @@ MODES = ("auto", "retain", "system")
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-_NEVER_TRIM = 2**31 - 1
+# mallopt takes an int that glibc stores as size_t: -1 becomes SIZE_MAX, "never trim". The
+# largest positive int (2 GiB) is not enough: the MNIST step frees more than that at once, and
+# trimming it made every other step fault 0.8M pages in again.
+_NEVER_TRIM = -1
 
 
 
