@@ -5,7 +5,8 @@ per device for the demo train step at batch 128). glibc serves blocks above 32 M
 and gives them back with ``munmap``, so every step page-faults the whole buffer again. On the
 2-core development machine that was about 240,000 minor faults and 20% of the step. With
 ``mallopt`` set to one arena, no ``mmap`` blocks and no trimming, the freed buffer is reused
-and the faults disappear.
+and the faults disappear. XLA frees buffers asynchronously, so the heap still grows for the
+first few calls (4-10 in the tests' probe) before the freed blocks are reused; then it stays flat.
 
 Process-wide and only effective before JAX starts its backends (threads pick their arena at
 their first allocation), so the entry points (``main``, ``ablations``, ``benchmarks.run``) call
@@ -32,7 +33,6 @@ _M_ARENA_MAX = -8
 # largest positive int (2 GiB) is not enough: the MNIST step frees more than that at once, and
 # trimming it made every other step fault 0.8M pages in again.
 _NEVER_TRIM = -1
-
 
 
 def accelerator_plugin_installed() -> bool:

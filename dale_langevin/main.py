@@ -1,7 +1,8 @@
 """Entry point: ``python -m dale_langevin.main --config=configs/<set>.py --workdir=DIR [--mode=train|sample|eval]``.
 
 Parses flags, asks for one host device per CPU core (so pmap uses every core on a CPU-only host)
-and for a host allocator that reuses XLA's per-step buffers (``config.host_allocator``), initialises multi-host JAX when asked, and hands over to ``train.train_and_evaluate`` (then
+and for a host allocator that reuses XLA's per-step buffers (``config.host_allocator``),
+initialises multi-host JAX when asked, and hands over to ``train.train_and_evaluate`` (then
 samples), ``sampling.sample_and_save`` or ``evaluation.evaluate``. Any config field can be
 overridden: ``--config.training.n_iters=2000``.
 """

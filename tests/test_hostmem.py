@@ -24,15 +24,17 @@ record = hostmem.configure(sys.argv[1])
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: x * 2.0 + 1.0)
 x = jnp.ones((16 * 2**20,), jnp.float32)
-for _ in range(3):
+# Buffers are freed asynchronously, so the retained heap grows for the first few calls (4-10
+# seen here) before the freed blocks are reused; under glibc's defaults every call faults.
+for _ in range(25):
     f(x).block_until_ready()
 faults = []
-for _ in range(5):
+for _ in range(7):
     before = hostmem.minor_faults()
     y = f(x).block_until_ready()
     del y
     faults.append(hostmem.minor_faults() - before)
-print(json.dumps({"record": record, "faults": sorted(faults)[2]}))
+print(json.dumps({"record": record, "faults": sorted(faults)[3]}))
 """
 
 
