@@ -1,19 +1,25 @@
-"""A drop-in for ``lax.conv_general_dilated`` whose kernel gradient is an im2col matmul (for XLA:CPU).
+"""Convolutions for XLA:CPU's backward pass: materialised cotangents and an im2col kernel gradient.
 
 XLA:CPU computes a convolution's kernel gradient as a convolution over the batch axis, with
-transposes of both operands around it; an einsum of shifted input windows against the output
-cotangent is a plain matmul instead. :func:`conv_general_dilated` has the signature of
-``lax.conv_general_dilated`` and is passed to ``flax.linen.Conv(conv_general_dilated=...)``, so the
-parameter tree is the stock one and checkpoints are interchangeable. It handles 2-D NHWC/HWIO
-convolutions without dilation or groups and defers everything else to the stock op.
+layout transposes of both operands in front of it. Two things make that slow, and this module
+fixes both while keeping ``lax.conv_general_dilated``'s signature, values and parameter tree
+(:func:`conv_general_dilated` is passed to ``flax.linen.Conv(conv_general_dilated=...)``, so
+checkpoints are interchangeable):
 
-Which convolutions use it is :func:`select`'s policy, read at trace time. Measured on 2 CPU cores
-with jax 0.10.2 (whose XLA:CPU runs convolutions through YNNPACK): for 1x1 kernels the matmul
-beats the stock kernel gradient (about 2 against 6-10 ms for 32x28x28x64 -> 32); for 3x3
+* XLA fuses the elementwise backward pass that produces the output cotangent (GroupNorm and SiLU
+  gradients, skip-connection splits: up to 20 operands) into those transposes, so it is recomputed
+  once per consumer and read in transposed order. :func:`materialize` writes the cotangent to its
+  own buffer first; the transposes become plain copies. ``lax.optimization_barrier`` cannot do this
+  on CPU: XLA expands it before fusion.
+* For 1x1 kernels the gradient is one matmul (``kernel_grad="im2col"``), cheaper than the
+  transposed convolution.
+
+Measured on 2 CPU cores with jax 0.10.2 (XLA:CPU runs convolutions through YNNPACK), demo U-Net,
+batch 128: the transposes took 126 of 1199 ms per step; materialised, 67 ms. For 1x1 kernels the
+matmul beats the stock kernel gradient (about 2 against 6-10 ms for 32x28x28x64 -> 32); for 3x3
 kernels the nine shifted windows cost more to copy than the stock gradient (16-160 against
-7-25 ms), and im2col on every convolution made the demo train step 1.4-1.7x slower. So
-``"auto"`` uses it for 1x1 kernels on the CPU backend only (within a few per cent of the stock
-step on the demo and MNIST U-Nets: 1.02x and 1.04x), ``"on"`` for every kernel.
+7-25 ms; im2col everywhere made the demo step 1.4-1.7x slower). Which convolutions take which path
+is :func:`select`'s policy, read at trace time.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 
 MODES = ("auto", "on", "off")
+KERNEL_GRADS = ("im2col", "stock")
 _DN = ("NHWC", "HWIO", "NHWC")
 Pads = tuple[tuple[int, int], ...]
 
@@ -33,14 +40,33 @@ Pads = tuple[tuple[int, int], ...]
 def select(mode: str, kernel_size: Sequence[int]) -> Callable | None:
     """The ``conv_general_dilated`` for a ``flax.linen.Conv`` of ``kernel_size`` under ``mode``; ``None`` = stock.
 
-    ``"on"``: :func:`conv_general_dilated` for every kernel. ``"auto"``: for 1x1 kernels, and only
-    when JAX's default backend is the CPU (read when called, i.e. at trace time). ``"off"``: never.
+    ``"auto"``: on JAX's CPU backend (read when called, i.e. at trace time), every convolution
+    materialises its output cotangent, 1x1 kernels take the im2col kernel gradient and larger ones
+    the stock one; on other backends the stock op. ``"on"``: the im2col kernel gradient for every
+    kernel, on any backend. ``"off"``: the stock op.
     """
     if mode not in MODES:
         raise ValueError(f"cpu_conv must be one of {MODES}, got {mode!r}")
-    pointwise = all(k == 1 for k in kernel_size)
-    use = mode == "on" or (mode == "auto" and pointwise and jax.default_backend() == "cpu")
-    return conv_general_dilated if use else None
+    if mode == "on":
+        return conv_general_dilated
+    if mode == "off" or jax.default_backend() != "cpu":
+        return None
+    return conv_general_dilated if all(k == 1 for k in kernel_size) else conv_stock_kernel_grad
+
+
+@jax.custom_jvp
+def materialize(x: jax.Array) -> jax.Array:
+    """``x`` unchanged (any shape, non-empty), computed into a buffer of its own: XLA fuses nothing across it.
+
+    A conditional whose predicate XLA cannot fold (``x[0] == x[0]``); both branches return ``x``
+    (the second as ``-(-x)``, so a NaN first entry gives the same values). Differentiable: the
+    tangent passes through unchanged.
+    """
+    flat = x.reshape(-1)
+    return lax.cond(flat[0] == flat[0], lambda v: v, lambda v: -(-v), x)
+
+
+materialize.defjvp(lambda primals, tangents: (materialize(primals[0]), tangents[0]))
 
 
 def _stock(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
@@ -64,36 +90,44 @@ def kernel_grad(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], strid
     return jnp.stack(rows).astype(x.dtype)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads, kernel_grad_mode: str) -> jax.Array:
     """2-D convolution, NHWC input ``(B, H, W, C_in)``, HWIO kernel ``(kh, kw, C_in, C_out)``, explicit pads.
 
-    Same values as ``lax.conv_general_dilated``; the kernel gradient comes from :func:`kernel_grad`,
-    the input gradient is the stock transposed convolution.
+    Same values as ``lax.conv_general_dilated``. The backward pass applies :func:`materialize` to the
+    output cotangent, then takes the stock input gradient and the kernel gradient named by ``kernel_grad_mode``:
+    ``"im2col"`` (:func:`kernel_grad`) or ``"stock"`` (XLA's).
     """
     return _stock(x, w, strides, pads)
 
 
-def _conv2d_fwd(x, w, strides, pads):
+def _conv2d_fwd(x, w, strides, pads, kernel_grad_mode):
     return _stock(x, w, strides, pads), (x, w)
 
 
-def _conv2d_bwd(strides, pads, res, g):
+def _conv2d_bwd(strides, pads, kernel_grad_mode, res, g):
     x, w = res
+    g = materialize(g)
     (dx,) = jax.linear_transpose(lambda x_: _stock(x_, w, strides, pads), x)(g)
-    return dx, kernel_grad(x, g, w.shape, strides, pads)
+    if kernel_grad_mode == "im2col":
+        return dx, kernel_grad(x, g, w.shape, strides, pads)
+    (dw,) = jax.linear_transpose(lambda w_: _stock(x, w_, strides, pads), w)(g)
+    return dx, dw
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count: int = 1, precision=None, **kwargs) -> jax.Array:
-    """``lax.conv_general_dilated`` with the im2col kernel gradient where it applies; same arguments, same output.
+                         dimension_numbers=None, feature_group_count: int = 1, precision=None, *,
+                         kernel_grad: str = "im2col", **kwargs) -> jax.Array:
+    """``lax.conv_general_dilated`` with :func:`conv2d`'s backward pass where it applies; same arguments, same output.
 
     Applies to 2-D NHWC/HWIO convolutions without dilation, feature groups or an explicit precision;
-    other calls go to the stock op.
+    other calls go to the stock op. ``kernel_grad``: ``"im2col"`` or ``"stock"`` (see :func:`conv2d`).
     """
+    if kernel_grad not in KERNEL_GRADS:
+        raise ValueError(f"kernel_grad must be one of {KERNEL_GRADS}, got {kernel_grad!r}")
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     plain = (lhs.ndim == 4 and dn == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN) and feature_group_count == 1
              and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
@@ -104,4 +138,8 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
                                         feature_group_count=feature_group_count, precision=precision, **kwargs)
     strides = tuple(int(s) for s in window_strides)
     pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding) if isinstance(padding, str) else padding
-    return conv2d(lhs, rhs, strides, tuple((int(lo), int(hi)) for lo, hi in pads))
+    return conv2d(lhs, rhs, strides, tuple((int(lo), int(hi)) for lo, hi in pads), kernel_grad)
+
+
+conv_stock_kernel_grad = partial(conv_general_dilated, kernel_grad="stock")
+conv_stock_kernel_grad.__doc__ = """:func:`conv_general_dilated` with XLA's kernel gradient (the cotangent still materialised)."""

@@ -88,7 +88,7 @@ def _groups(channels: int, max_groups: int = 32) -> int:
 
 
 def _conv(features: int, kernel: int, cpu_conv: str, dtype, **kwargs) -> nn.Conv:
-    """An ``nn.Conv`` (``kernel x kernel``, SAME), with the im2col kernel gradient where ``cpu_conv`` selects it."""
+    """An ``nn.Conv`` (``kernel x kernel``, SAME) with the backward pass ``cpu_conv`` selects (:func:`conv_lib.select`)."""
     impl = conv_lib.select(cpu_conv, (kernel, kernel))
     return nn.Conv(features, (kernel, kernel), dtype=dtype, conv_general_dilated=impl, **kwargs)
 
@@ -138,9 +138,11 @@ class ScoreUNet(nn.Module):
       dropout: dropout rate inside residual blocks (active only with ``train=True``).
       dtype: computation dtype (``jnp.bfloat16`` on TPU/GPU is an option); parameters stay float32
         and the output is returned as float32.
-      cpu_conv: ``"auto"`` (1x1 convolutions on the CPU backend), ``"on"`` (every convolution) or
-        ``"off"``: convolutions whose kernel gradient is an im2col matmul (:mod:`dale_langevin.conv`,
-        which gives the measurements behind ``"auto"``); same parameters and values either way.
+      cpu_conv: the convolutions' backward pass (:func:`dale_langevin.conv.select`, whose module
+        gives the measurements behind it). ``"auto"``: on the CPU backend, cotangents materialised
+        before the kernel gradient, and an im2col matmul kernel gradient for 1x1 kernels; stock
+        elsewhere. ``"on"``: im2col for every kernel. ``"off"``: stock. Same parameters and values
+        either way.
     """
 
     channels: int = 32

@@ -1,4 +1,4 @@
-"""The im2col-gradient convolution, the GroupNorm and upsampling of the U-Net: equal to the stock ops, gradients too."""
+"""conv.py's backward passes, the GroupNorm and upsampling of the U-Net: equal to the stock ops, gradients too."""
 
 import collections
 
@@ -22,10 +22,11 @@ def _close(actual, expected, rtol=1e-5):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("kernel_grad", conv.KERNEL_GRADS)
 @pytest.mark.parametrize("kernel, stride, c_in, c_out, size", [
     (3, 1, 1, 8, 8), (3, 1, 16, 8, 7), (3, 2, 4, 6, 7), (1, 1, 16, 8, 6),
 ])
-def test_values_and_gradients_match_stock(kernel, stride, c_in, c_out, size):
+def test_values_and_gradients_match_stock(kernel, stride, c_in, c_out, size, kernel_grad):
     kx, kw, kg = jax.random.split(jax.random.key(kernel * 100 + stride * 10 + c_in), 3)
     x = jax.random.normal(kx, (3, size, size + 1, c_in))
     w = jax.random.normal(kw, (kernel, kernel, c_in, c_out)) / np.sqrt(kernel * kernel * c_in)
@@ -34,7 +35,7 @@ def test_values_and_gradients_match_stock(kernel, stride, c_in, c_out, size):
     @jax.jit
     def both(x, w):
         y_ref, vjp_ref = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, **args), x, w)
-        y, vjp = jax.vjp(lambda x, w: conv.conv_general_dilated(x, w, **args), x, w)
+        y, vjp = jax.vjp(lambda x, w: conv.conv_general_dilated(x, w, **args, kernel_grad=kernel_grad), x, w)
         g = jax.random.normal(kg, y_ref.shape)
         return (y, *vjp(g)), (y_ref, *vjp_ref(g))
 
@@ -53,14 +54,33 @@ def test_unsupported_arguments_fall_back_to_the_stock_op():
     chex.assert_trees_all_equal(outputs(conv.conv_general_dilated), outputs(lax.conv_general_dilated))
 
 
-def test_policy():
+def test_policy(monkeypatch):
     assert jax.default_backend() == "cpu"  # the tests run on CPU (conftest)
     assert conv.select("on", (3, 3)) is conv.conv_general_dilated
     assert conv.select("auto", (1, 1)) is conv.conv_general_dilated
-    assert conv.select("auto", (3, 3)) is None
+    assert conv.select("auto", (3, 3)) is conv.conv_stock_kernel_grad
     assert conv.select("off", (1, 1)) is None
     with pytest.raises(ValueError, match="cpu_conv must be one of"):
         conv.select("yes", (1, 1))
+    with pytest.raises(ValueError, match="kernel_grad must be one of"):
+        conv.conv_general_dilated(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), (1, 1), "SAME", kernel_grad="fast")
+    # Off the CPU, "auto" is the stock op: accelerators keep XLA's own backward pass.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert conv.select("auto", (1, 1)) is None and conv.select("auto", (3, 3)) is None
+    assert conv.select("on", (3, 3)) is conv.conv_general_dilated
+
+
+def test_materialize_is_the_identity_in_its_own_buffer():
+    x = jnp.array([[np.nan, 1.0, -2.0], [np.inf, 0.0, 3.5]])  # NaN first: the predicate's false branch
+    f = jax.jit(lambda v: conv.materialize(2.0 * v) + 1.0)
+    chex.assert_trees_all_equal(f(x), 2.0 * x + 1.0)
+    chex.assert_trees_all_equal(f(x[::-1]), 2.0 * x[::-1] + 1.0)  # finite first entry: the true branch
+    # The boundary survives XLA's optimisation (an optimization_barrier would not, on CPU), so the
+    # producer (2v) and consumer (+1) cannot fuse across it.
+    assert "conditional(" in f.lower(x).compile().as_text()
+    c = jax.random.normal(jax.random.key(0), (2, 3))
+    chex.assert_trees_all_equal(jax.grad(lambda v: jnp.vdot(conv.materialize(v), c))(jnp.ones((2, 3))), c)
+    chex.assert_trees_all_equal(jax.jvp(conv.materialize, (x[::-1],), (c,))[1], c)
 
 
 def _primitive_counts(model, x, level) -> collections.Counter:
@@ -74,9 +94,8 @@ def test_the_flag_routes_the_unets_convolutions(unet_inputs):
     total = counts["off"]["conv_general_dilated"]
     assert total > 10 and counts["off"]["custom_vjp_call"] == 0
     assert counts["on"]["custom_vjp_call"] == total and counts["on"]["conv_general_dilated"] == 0
-    # auto on CPU: only the 1x1 skip convolutions (one per block that changes width) take the custom path.
-    assert 0 < counts["auto"]["custom_vjp_call"] < total
-    assert counts["auto"]["custom_vjp_call"] + counts["auto"]["conv_general_dilated"] == total
+    # auto on CPU: every convolution takes conv.py's backward pass (the policy test says which one).
+    assert counts["auto"]["custom_vjp_call"] == total and counts["auto"]["conv_general_dilated"] == 0
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +129,13 @@ def test_unet_params_outputs_and_gradients_do_not_depend_on_the_flag(unet_inputs
         fn = lambda p, x: jnp.sum(jnp.tanh(_unet(mode).apply(p, x, level)))  # noqa: E731
         return jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
 
-    # "on" routes every convolution (3x3, stride 2, 1x1) through conv.py; "auto" is a mix of the two.
+    # "on": im2col for every convolution (3x3, stride 2, 1x1); "auto": im2col for 1x1, stock
+    # kernel gradients for the rest, all behind materialised cotangents.
     ref_loss, ref_grads = loss("off")(params, x)
-    got_loss, got_grads = loss("on")(params, x)
-    _close(got_loss, ref_loss)
-    jax.tree.map(_close, got_grads, ref_grads)
+    for mode in ("on", "auto"):
+        got_loss, got_grads = loss(mode)(params, x)
+        _close(got_loss, ref_loss)
+        jax.tree.map(_close, got_grads, ref_grads)
 
 
 def test_bfloat16_model_keeps_float32_params_and_output(unet_inputs):
