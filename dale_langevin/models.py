@@ -140,9 +140,9 @@ class ScoreUNet(nn.Module):
         and the output is returned as float32.
       cpu_conv: the convolutions' backward pass (:func:`dale_langevin.conv.select`, whose module
         gives the measurements behind it). ``"auto"``: on the CPU backend, cotangents materialised
-        before the kernel gradient, and an im2col matmul kernel gradient for 1x1 kernels; stock
-        elsewhere. ``"on"``: im2col for every kernel. ``"off"``: stock. Same parameters and values
-        either way.
+        before the kernel gradients and 1x1 kernels as matmuls (forward and reverse mode); stock
+        elsewhere. ``"on"``: im2col kernel gradients through a custom VJP (reverse mode only).
+        ``"off"``: stock. Same parameters and values either way.
     """
 
     channels: int = 32
