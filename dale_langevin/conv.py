@@ -43,13 +43,12 @@ _DN = ("NHWC", "HWIO", "NHWC")
 Pads = tuple[tuple[int, int], ...]
 
 
-def select(mode: str, kernel_size: Sequence[int]) -> Callable | None:
+def select(mode: str) -> Callable | None:
     """The ``conv_general_dilated`` for a ``flax.linen.Conv`` under ``mode``; ``None`` = the stock op.
 
     ``"auto"``: :func:`conv_materialized` on JAX's CPU backend (read when called, i.e. at trace
     time), the stock op elsewhere. ``"on"``: :func:`conv_general_dilated` (im2col kernel gradients,
-    reverse mode only) on any backend. ``"off"``: the stock op. ``kernel_size`` is accepted for
-    policies that depend on it; the current ones do not.
+    reverse mode only) on any backend. ``"off"``: the stock op.
     """
     if mode not in MODES:
         raise ValueError(f"cpu_conv must be one of {MODES}, got {mode!r}")
@@ -120,14 +119,13 @@ def conv_materialized(lhs, rhs, window_strides: Sequence[int], padding, lhs_dila
     C_out)``), so their kernel gradient is one matmul too. Every other call is the stock op. Both
     wrapped in :func:`materialize_cotangent`; forward and reverse mode work.
     """
-    conv = partial(lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                   rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                   feature_group_count=feature_group_count, precision=precision, **kwargs)
     plain = _plain_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                         feature_group_count, precision, kwargs)
-    pointwise = plain is not None and rhs.shape[:2] == (1, 1) and plain == ((1, 1), ((0, 0), (0, 0)))
-    y = lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ()))) if pointwise else conv()
-    return materialize_cotangent(y)
+    if plain is not None and rhs.shape[:2] == (1, 1) and plain == ((1, 1), ((0, 0), (0, 0))):
+        return materialize_cotangent(lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ()))))
+    return materialize_cotangent(lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision, **kwargs))
 
 
 def _stock(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:

@@ -89,7 +89,7 @@ def _groups(channels: int, max_groups: int = 32) -> int:
 
 def _conv(features: int, kernel: int, cpu_conv: str, dtype, **kwargs) -> nn.Conv:
     """An ``nn.Conv`` (``kernel x kernel``, SAME) with the backward pass ``cpu_conv`` selects (:func:`conv_lib.select`)."""
-    impl = conv_lib.select(cpu_conv, (kernel, kernel))
+    impl = conv_lib.select(cpu_conv)
     return nn.Conv(features, (kernel, kernel), dtype=dtype, conv_general_dilated=impl, **kwargs)
 
 
