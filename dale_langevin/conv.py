@@ -20,9 +20,9 @@ custom JVP, no custom VJP), so forward mode works too (``jax.jvp``, the Hutchins
 gradients as im2col matmuls through a custom VJP: reverse mode only, and slower.
 
 Measured on 2 CPU cores with jax 0.10.2 (XLA:CPU runs convolutions through YNNPACK), demo U-Net,
-batch 128: the transposes took 126 of 1199 ms per step; materialised, 58-67 ms, and the lean step
-is about 1.1x faster than with stock convolutions in one ``benchmarks.run`` (figures in
-``benchmarks/README.md``). For 1x1 kernels the matmul beats the stock kernel gradient (about 2
+batch 128 (64 per device): the transposes took 126 of 1199 ms of one device's step; materialised,
+58-67 ms, and the lean step is 1.06x (demo) and 1.13x (MNIST) faster than with stock convolutions
+in one ``benchmarks.run`` (figures in ``benchmarks/README.md``). For 1x1 kernels the matmul beats the stock kernel gradient (about 2
 against 6-10 ms for 32x28x28x64 -> 32); for 3x3 kernels the nine shifted windows cost more to
 copy than the stock gradient (16-160 against 7-25 ms; im2col everywhere made the demo step
 1.4-1.7x slower). Which convolutions take which path is :func:`select`'s policy, read at trace
