@@ -18,6 +18,7 @@ setup(
         "flax>=0.10",
         "optax>=0.2.3",
         "orbax-checkpoint>=0.11",
+        "etils[epath]>=1.5",  # work-directory paths, local or gs:// (what Orbax and TFDS use)
         "chex>=0.1.87",
         "ml-collections>=0.1.1",
         "absl-py>=1.4",
@@ -31,6 +32,6 @@ setup(
         "matplotlib>=3.8",  # ablation and benchmark figures, notebook plots
     ],
     extras_require={
-        "test": ["pytest>=8", "scipy>=1.11", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        "test": ["pytest>=8", "scipy>=1.11", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "ruff>=0.6"],
     },
 )

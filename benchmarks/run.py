@@ -5,12 +5,13 @@
 
 For each config, on whatever JAX finds (CPU here, a GPU or TPU unchanged; the device is recorded):
 
-* ``train/lean``: ``train.build``'s step, ``parallel.pmap`` over every local device (one forced host
-  device per core on a CPU), state donated, the model's default ``cpu_conv="auto"``.
+* ``train/lean``: ``state.build``'s step, ``parallel.pmap`` over every local device (one forced host
+  device per core on a CPU), state donated, the builder's convolution (``cpu_conv="auto"``:
+  :func:`dale_langevin.cpu.conv.for_backend`).
 * ``train/plain``: the same loss, Adam, clipping and EMA as one ``jax.jit`` on one device, no
   donation, the stock convolution, ``float(loss)`` on the host after every step.
-* ``train/lean_cpu_conv_<mode>`` (``--cpu_conv_variants``): the lean step with another convolution.
-* ``sample/lean``: ``samplers.sample`` (one ``lax.scan`` over the levels) pmapped like ``generate``.
+* ``train/lean_cpu_conv_off`` (``--cpu_conv_variants``): the lean step with the stock convolution.
+* ``sample/lean``: the registry's SDE sampler (one ``lax.scan`` over the levels) pmapped like ``generate``.
 * ``sample/plain``: one jitted sampler update called ``nfe`` times from Python, the state copied to
   the host and back at every step.
 
@@ -23,7 +24,6 @@ variants alike: the ratios between rows are the figures to rely on there.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -33,7 +33,8 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 # Importing JAX does not start its backends: main() can still ask for host devices before the first device query.
 import flax
@@ -43,8 +44,11 @@ import jaxlib
 import numpy as np
 import optax
 
-from dale_langevin import config as config_lib, data, hostmem, parallel, samplers, train
+from dale_langevin import samplers
+from dale_langevin.cpu import hostmem
 from dale_langevin.losses import dsm_loss, network_score_fn
+from dale_langevin.pipeline import config as config_lib, data, parallel, state as state_lib
+from dale_langevin.samplers import sde
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_FIELDS = ("compile_s", "s_per_step", "images_per_s", "images_per_s_per_device", "cpu_s_per_step", "cores_used")
@@ -64,15 +68,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--nfe", type=int, default=50, help="sampler network evaluations (levels, one update each)")
     p.add_argument("--sample_batch", type=int, default=0, help="images per sampler call; 0 = sampling.batch_size")
     p.add_argument("--sample_repeats", type=int, default=3, help="timed sampler calls per variant")
-    p.add_argument("--cpu_conv_variants", default="auto_cpu_only",
-                   help="comma list of extra lean rows with model cpu_conv in {on, off}; 'auto_cpu_only' = off on a "
-                        "CPU backend, none elsewhere; '' = none")
+    p.add_argument(
+        "--cpu_conv_variants",
+        default="auto_cpu_only",
+        help="extra lean rows with another convolution: 'off' (the stock op); 'auto_cpu_only' = off on a "
+        "CPU backend, none elsewhere; '' = none",
+    )
     p.add_argument("--dtype", default="", help="model.dtype override (float32 | bfloat16); '' = the config's")
-    p.add_argument("--host_devices", type=int, default=0,
-                   help="CPU hosts: forced host devices for pmap (0 = one per core, -1 = leave XLA_FLAGS alone)")
-    p.add_argument("--host_allocator", default="auto", choices=hostmem.MODES,
-                   help="host malloc as config.host_allocator (auto = retain XLA's per-call buffers on a CPU-only "
-                        "install, see dale_langevin/hostmem.py); process-wide, so every row runs under it")
+    p.add_argument(
+        "--host_devices",
+        type=int,
+        default=0,
+        help="CPU hosts: forced host devices for pmap (0 = one per core, -1 = leave XLA_FLAGS alone)",
+    )
+    p.add_argument(
+        "--host_allocator",
+        default="auto",
+        choices=hostmem.MODES,
+        help="host malloc as config.host_allocator (auto = retain XLA's per-call buffers on a CPU-only "
+        "install, see dale_langevin/cpu/hostmem.py); process-wide, so every row runs under it",
+    )
     p.add_argument("--torch_json", default="", help="comma list of benchmarks/torch_reference.py outputs to set beside")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -86,10 +101,7 @@ def load_config(name: str):
     path = pathlib.Path(name) if name.endswith(".py") else ROOT / "configs" / f"{name}.py"
     if not path.exists():
         raise ValueError(f"no config {name!r}: expected {path}")
-    spec = importlib.util.spec_from_file_location(f"bench_cfg_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.load_config_file(path)
     config.unlock()
     return config
 
@@ -104,10 +116,19 @@ def device_info() -> dict:
     """What ran the benchmark: backend, device kind and count, host cores, library versions."""
     devices = jax.local_devices()
     return dict(
-        backend=jax.default_backend(), device_kind=devices[0].device_kind, n_local_devices=len(devices),
-        n_devices=jax.device_count(), devices=[str(d) for d in devices], host_cores=os.cpu_count(),
-        xla_flags=os.environ.get("XLA_FLAGS", ""), platform=platform.platform(), python=platform.python_version(),
-        jax=jax.__version__, jaxlib=jaxlib.__version__, flax=flax.__version__, optax=optax.__version__,
+        backend=jax.default_backend(),
+        device_kind=devices[0].device_kind,
+        n_local_devices=len(devices),
+        n_devices=jax.device_count(),
+        devices=[str(d) for d in devices],
+        host_cores=os.cpu_count(),
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+        platform=platform.platform(),
+        python=platform.python_version(),
+        jax=jax.__version__,
+        jaxlib=jaxlib.__version__,
+        flax=flax.__version__,
+        optax=optax.__version__,
     )
 
 
@@ -172,28 +193,32 @@ def train_row(compile_s: float, wall: list[float], cpu: list[float], batch: int,
     """One train variant's figures from its per-step times."""
     s = statistics.median(wall)
     c = statistics.median(cpu)
-    return dict(compile_s=compile_s, s_per_step=s, s_per_step_min=min(wall), step_times_s=wall,
-                images_per_s=batch / s, images_per_s_per_device=batch / s / n_devices, cpu_s_per_step=c,
-                cores_used=c / s, n_devices=n_devices, per_device_batch=batch // n_devices, **extra)
+    return dict(
+        compile_s=compile_s,
+        s_per_step=s,
+        s_per_step_min=min(wall),
+        step_times_s=wall,
+        images_per_s=batch / s,
+        images_per_s_per_device=batch / s / n_devices,
+        cpu_s_per_step=c,
+        cores_used=c / s,
+        n_devices=n_devices,
+        per_device_batch=batch // n_devices,
+        **extra,
+    )
 
 
-def lean_train_step(config, process, model) -> Callable:
-    """``train.make_train_step`` wired from ``config`` for ``model`` (as ``train.build`` does)."""
-    o, t = config.optim, config.training
-    tx, schedule = train.make_optimizer(o.lr, o.warmup_steps, o.grad_clip, o.beta1, o.beta2, o.eps)
-    return train.make_train_step(model, process, tx, schedule, weighting=t.weighting, t_sampling=t.t_sampling,
-                                 n_time_levels=t.n_time_levels, t_min=t.t_min, ema=config.ema.decay,
-                                 ema_warmup=config.ema.warmup)
+def lean_train(config, images, cpu_conv: str = "auto") -> Variant:
+    """The package's step (``state.build``), pmapped with the state donated; ``images`` ``(B, H, W, C)``.
 
-
-def lean_train(config, images, cpu_conv: str | None = None) -> Variant:
-    """The package's step (``train.build``), pmapped with the state donated; ``images`` ``(B, H, W, C)``."""
-    process, model, step_fn, state = train.build(config)
-    if cpu_conv is not None:
-        model = model.clone(cpu_conv=cpu_conv)
-        step_fn = lean_train_step(config, process, model)
+    ``cpu_conv="off"`` swaps the builder's convolution for the stock op (the same parameters).
+    """
+    model = config_lib.make_model(config)
+    if cpu_conv == "off":
+        model = model.clone(conv=None)
+    _, model, step_fn, state = state_lib.build(config, model=model)
     n = parallel.local_device_count()
-    batch = parallel.shard({"images": images.reshape(n, -1, *images.shape[1:])})
+    batch = parallel.shard_batch({"images": images})
     compiled, compile_s = compile_timed(parallel.pmap(step_fn, donate_argnums=(0,)), parallel.replicate(state), batch)
     box = {"state": parallel.replicate(state)}
 
@@ -203,8 +228,17 @@ def lean_train(config, images, cpu_conv: str | None = None) -> Variant:
 
     def row(compile_s, wall, cpu):
         loss = float(parallel.unreplicate(box["metrics"])["loss"])
-        return train_row(compile_s, wall, cpu, images.shape[0], n, cpu_conv=model.cpu_conv, donated=True,
-                         host_sync_every_step=False, loss_finite=math.isfinite(loss))
+        return train_row(
+            compile_s,
+            wall,
+            cpu,
+            images.shape[0],
+            n,
+            cpu_conv=cpu_conv,
+            donated=True,
+            host_sync_every_step=False,
+            loss_finite=math.isfinite(loss),
+        )
 
     return Variant(compile_s, one, row)
 
@@ -214,20 +248,19 @@ def plain_train_step(config, process, model, tx) -> Callable:
 
     One device, one key for the batch, no collectives; same loss, optimiser and EMA as the package's step.
     """
-    t = config.training
+    loss_settings = config_lib.loss_settings(config)
 
     def step(params, ema_params, opt_state, count, key, images):
         loss_key, dropout_key = jax.random.split(key)
 
         def loss_fn(p):
-            net = lambda inp, level: model.apply(p, inp, level, train=True, rngs={"dropout": dropout_key})  # noqa: E731
-            return dsm_loss(loss_key, network_score_fn(net, process), images, process, weighting=t.weighting,
-                            t_sampling=t.t_sampling, n_steps=t.n_time_levels, t_min=t.t_min)
+            net = lambda inp, level: model.apply(p, inp, level, train=True, rngs={"dropout": dropout_key})
+            return dsm_loss(loss_key, network_score_fn(net, process), images, process, **loss_settings)
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        decay = train.ema_decay(count, config.ema.decay, config.ema.warmup)
+        decay = state_lib.ema_decay(count, config.ema.decay, config.ema.warmup)
         return params, optax.incremental_update(params, ema_params, 1.0 - decay), opt_state, loss
 
     return step
@@ -236,54 +269,75 @@ def plain_train_step(config, process, model, tx) -> Callable:
 def plain_train(config, images, seed: int) -> Variant:
     """:func:`plain_train_step` under ``jax.jit`` (no donation, stock convolution), ``float(loss)`` every step."""
     process = config_lib.make_process(config)
-    model = config_lib.make_model(config).clone(cpu_conv="off")
+    model = config_lib.make_model(config).clone(conv=None)
     o = config.optim
-    tx, _ = train.make_optimizer(o.lr, o.warmup_steps, o.grad_clip, o.beta1, o.beta2, o.eps)
-    state = train.create_train_state(jax.random.key(config.seed), model, tx, images.shape[1:])
+    tx, _ = state_lib.make_optimizer(o.lr, o.warmup_steps, o.grad_clip, o.beta1, o.beta2, o.eps)
+    state = state_lib.create_train_state(jax.random.key(config.seed), model, tx, images.shape[1:])
     step = jax.jit(plain_train_step(config, process, model, tx))
     box = dict(params=state.params, ema=state.ema_params, opt=state.opt_state, count=0, loss=0.0)
     key = jax.random.key(seed)
     compiled, compile_s = compile_timed(step, box["params"], box["ema"], box["opt"], box["count"], key, images)
 
     def one():
-        box["params"], box["ema"], box["opt"], loss = compiled(box["params"], box["ema"], box["opt"], box["count"],
-                                                                jax.random.fold_in(key, box["count"]), images)
+        box["params"], box["ema"], box["opt"], loss = compiled(
+            box["params"], box["ema"], box["opt"], box["count"], jax.random.fold_in(key, box["count"]), images
+        )
         box["loss"] = float(loss)  # the host sync a plain loop does to log
         box["count"] += 1
 
     def row(compile_s, wall, cpu):
-        return train_row(compile_s, wall, cpu, images.shape[0], 1, cpu_conv="off", donated=False,
-                         host_sync_every_step=True, loss_finite=math.isfinite(box["loss"]))
+        return train_row(
+            compile_s,
+            wall,
+            cpu,
+            images.shape[0],
+            1,
+            cpu_conv="off",
+            donated=False,
+            host_sync_every_step=True,
+            loss_finite=math.isfinite(box["loss"]),
+        )
 
     return Variant(compile_s, one, row)
 
 
-def sampler_settings(config, process, nfe: int) -> dict:
-    """Keyword arguments of ``samplers.sample`` for ``nfe`` levels of one update each (no inner or final steps)."""
-    s = config.sampling
-    method = s.method if s.method in process.sampler_methods else process.sampler_methods[0]
-    return dict(method=method, n_steps=nfe, t_end=s.t_end, step_size=s.step_size, n_inner=1,
-                noise_decay=s.noise_decay, denoise_steps=0)
+def sampler_settings(config, process, nfe: int) -> tuple[str, dict]:
+    """``(method, settings)``: the config's SDE sampler (else the process's first) at ``nfe`` levels of one update each."""
+    method = config.sampling.method
+    if method not in sde.UPDATES or process.name not in samplers.get(method).processes:
+        method = next(m for m, (_, names) in sde.UPDATES.items() if process.name in names)
+    settings = samplers.get(method).settings(
+        {**config.sampling[method].to_dict(), "n_steps": nfe, "n_inner": 1, "denoise_steps": 0}
+    )
+    return method, settings
 
 
 def sample_row(compile_s: float, wall: list[float], batch: int, nfe: int, n_devices: int, out) -> dict:
     """One sampler variant's figures from its per-call times and last output."""
     s = statistics.median(wall)
-    return dict(compile_s=compile_s, seconds=s, call_times_s=wall, images_per_s=batch / s, s_per_nfe=s / nfe,
-                nfe=nfe, batch=batch, n_devices=n_devices, finite=bool(np.isfinite(np.asarray(out)).all()))
+    return dict(
+        compile_s=compile_s,
+        seconds=s,
+        call_times_s=wall,
+        images_per_s=batch / s,
+        s_per_nfe=s / nfe,
+        nfe=nfe,
+        batch=batch,
+        n_devices=n_devices,
+        finite=bool(np.isfinite(np.asarray(out)).all()),
+    )
 
 
 def lean_sampler(config, process, model, params, x_T, nfe: int, seed: int) -> Variant:
     """``samplers.sample`` (one scan) pmapped over local devices, ``x_T`` ``(B, H, W, C)`` split across them."""
-    kwargs = sampler_settings(config, process, nfe)
+    method, settings = sampler_settings(config, process, nfe)
 
     def device_sample(params, rng, x):
-        net = lambda inp, level: model.apply(params, inp, level, train=False)  # noqa: E731
-        return samplers.sample(rng, network_score_fn(net, process), x, process, **kwargs)
+        net = lambda inp, level: model.apply(params, inp, level, train=False)
+        return samplers.sample(rng, network_score_fn(net, process), x, process, method=method, **settings)
 
     n = parallel.local_device_count()
-    args = (parallel.replicate(params), jax.random.split(jax.random.key(seed), n),
-            parallel.shard(x_T.reshape(n, -1, *x_T.shape[1:])))
+    args = (parallel.replicate(params), parallel.device_keys(jax.random.key(seed)), parallel.shard_batch(x_T))
     compiled, compile_s = compile_timed(parallel.pmap(device_sample), *args)
     box = {}
 
@@ -295,14 +349,14 @@ def lean_sampler(config, process, model, params, x_T, nfe: int, seed: int) -> Va
 
 def plain_sampler(config, process, model, params, x_T, nfe: int, seed: int) -> Variant:
     """One jitted update (score + step) called ``nfe`` times from Python; ``x`` goes to the host and back each step."""
-    kw = sampler_settings(config, process, nfe)
-    update = samplers.UPDATES[kw["method"]]
-    levels = np.asarray(samplers.time_grid(process, nfe, kw["t_end"]))
+    method, kw = sampler_settings(config, process, nfe)
+    update = sde.UPDATES[method][0]
+    levels = np.asarray(sde.time_grid(process, nfe, kw["t_end"]))
     dt = (process.T - kw["t_end"]) / nfe if kw["step_size"] is None else kw["step_size"]
 
     def step(params, x, t, key, noise_scale):
         tb = jnp.full((x.shape[0],), t, jnp.float32)
-        net = lambda inp, level: model.apply(params, inp, level, train=False)  # noqa: E731
+        net = lambda inp, level: model.apply(params, inp, level, train=False)
         z = noise_scale * jax.random.normal(key, x.shape, x.dtype)
         return update(x, network_score_fn(net, process)(x, tb), tb, dt, z, process)
 
@@ -326,9 +380,9 @@ def cpu_conv_variants(flag: str, backend: str) -> list[str]:
     if flag == "auto_cpu_only":
         return ["off"] if backend == "cpu" else []
     modes = [m for m in flag.split(",") if m]
-    bad = [m for m in modes if m not in ("on", "off", "auto")]
+    bad = [m for m in modes if m != "off"]
     if bad:
-        raise ValueError(f"--cpu_conv_variants entries must be on, off or auto, got {bad}")
+        raise ValueError(f"--cpu_conv_variants entries must be off (the stock convolution), got {bad}")
     return modes
 
 
@@ -343,15 +397,24 @@ def torch_side(paths: str, name: str, result: dict) -> dict | None:
             ref = json.load(f)
         if ref.get("config") != name:
             continue
-        side = dict(file=path, torch_version=ref.get("torch_version"), threads=ref.get("threads"),
-                    loadavg_start=ref.get("loadavg_start"), train={}, forward={})
+        side = dict(
+            file=path,
+            torch_version=ref.get("torch_version"),
+            threads=ref.get("threads"),
+            loadavg_start=ref.get("loadavg_start"),
+            train={},
+            forward={},
+        )
         lean, plain = result["train"]["lean"], result["train"]["plain"]
         for b, row in ref.get("train", {}).items():
             entry = dict(torch_median_s=row["median_s"])
             if int(b) == result["batch"]:
-                entry.update(jax_lean_s=lean["s_per_step"], jax_plain_s=plain["s_per_step"],
-                             torch_over_jax_lean=row["median_s"] / lean["s_per_step"],
-                             torch_over_jax_plain=row["median_s"] / plain["s_per_step"])
+                entry.update(
+                    jax_lean_s=lean["s_per_step"],
+                    jax_plain_s=plain["s_per_step"],
+                    torch_over_jax_lean=row["median_s"] / lean["s_per_step"],
+                    torch_over_jax_plain=row["median_s"] / plain["s_per_step"],
+                )
             side["train"][b] = entry
         for b, row in ref.get("forward", {}).items():
             entry = dict(torch_median_s=row["median_s"])
@@ -372,15 +435,23 @@ def bench_config(name: str, args: argparse.Namespace) -> dict:
         config.model.dtype = args.dtype
     batch = args.batch or config.training.batch_size
     config.training.batch_size = batch
-    parallel.check_divisible(batch, "--batch")
+    parallel.per_device_batch(batch, "--batch")
     sample_batch = args.sample_batch or config.sampling.batch_size
-    parallel.check_divisible(sample_batch, "--sample_batch")
+    parallel.per_device_batch(sample_batch, "--sample_batch", local=True)
     process = config_lib.make_process(config)
     shape = data.get_spec(config.data.dataset).image_shape
     rng = np.random.default_rng(args.seed)
     images = np.asarray(process.encode(rng.uniform(size=(batch, *shape)).astype(np.float32)))
-    result = dict(config=name, micro=args.micro, dataset=config.data.dataset, image_shape=list(shape), batch=batch,
-                  sample_batch=sample_batch, model=config.model.to_dict(), ratios={})
+    result = dict(
+        config=name,
+        micro=args.micro,
+        dataset=config.data.dataset,
+        image_shape=list(shape),
+        batch=batch,
+        sample_batch=sample_batch,
+        model=config.model.to_dict(),
+        ratios={},
+    )
 
     train_variants = dict(lean=lean_train(config, images), plain=plain_train(config, images, args.seed))
     for mode in cpu_conv_variants(args.cpu_conv_variants, jax.default_backend()):
@@ -388,13 +459,15 @@ def bench_config(name: str, args: argparse.Namespace) -> dict:
     result["train"] = time_interleaved(train_variants, args.warmup, args.steps)
     del train_variants  # frees the train states before the sampler runs
 
-    _, model, _, state = train.build(config)  # the initial parameters (any will do for timing)
+    _, model, _, state = state_lib.build(config)  # the initial parameters (any will do for timing)
     params = state.params
     result["params"] = int(sum(x.size for x in jax.tree.leaves(params)))
     x0 = process.encode(rng.uniform(size=(sample_batch, *shape)).astype(np.float32))
     x_T = np.asarray(process.perturb(jax.random.key(args.seed), x0, np.full((sample_batch,), process.T, np.float32)))
-    sample_variants = {k: fn(config, process, model, params, x_T, args.nfe, args.seed)
-                       for k, fn in (("lean", lean_sampler), ("plain", plain_sampler))}
+    sample_variants = {
+        k: fn(config, process, model, params, x_T, args.nfe, args.seed)
+        for k, fn in (("lean", lean_sampler), ("plain", plain_sampler))
+    }
     result["sample"] = time_interleaved(sample_variants, 0, args.sample_repeats)
 
     lean = result["train"]["lean"]["s_per_step"]
@@ -413,28 +486,38 @@ def bench_config(name: str, args: argparse.Namespace) -> dict:
 
 def table(results: dict) -> str:
     """A plain-text table of every variant and the ratios."""
-    lines = [f"{'config':8s} {'variant':22s} {'compile s':>9s} {'s/step|call':>11s} {'img/s':>8s} {'img/s/dev':>9s} "
-             f"{'cores':>5s}  note"]
+    lines = [
+        f"{'config':8s} {'variant':22s} {'compile s':>9s} {'s/step|call':>11s} {'img/s':>8s} {'img/s/dev':>9s} "
+        f"{'cores':>5s}  note"
+    ]
     for name, r in results.items():
         for key, row in r["train"].items():
-            lines.append(f"{name:8s} train/{key:16s} {row['compile_s']:9.2f} {row['s_per_step']:11.4f} "
-                         f"{row['images_per_s']:8.1f} {row['images_per_s_per_device']:9.1f} {row['cores_used']:5.2f}  "
-                         f"batch {r['batch']}, {row['n_devices']} dev, cpu_conv={row['cpu_conv']}, "
-                         f"{row['minor_faults_per_call']:,.0f} page faults/step")
+            lines.append(
+                f"{name:8s} train/{key:16s} {row['compile_s']:9.2f} {row['s_per_step']:11.4f} "
+                f"{row['images_per_s']:8.1f} {row['images_per_s_per_device']:9.1f} {row['cores_used']:5.2f}  "
+                f"batch {r['batch']}, {row['n_devices']} dev, cpu_conv={row['cpu_conv']}, "
+                f"{row['minor_faults_per_call']:,.0f} page faults/step"
+            )
         for key, row in r["sample"].items():
-            lines.append(f"{name:8s} sample/{key:15s} {row['compile_s']:9.2f} {row['seconds']:11.4f} "
-                         f"{row['images_per_s']:8.1f} {row['images_per_s'] / row['n_devices']:9.1f} {'':5s}  "
-                         f"batch {row['batch']}, NFE {row['nfe']}, {row['s_per_nfe'] * 1e3:.1f} ms/NFE")
+            lines.append(
+                f"{name:8s} sample/{key:15s} {row['compile_s']:9.2f} {row['seconds']:11.4f} "
+                f"{row['images_per_s']:8.1f} {row['images_per_s'] / row['n_devices']:9.1f} {'':5s}  "
+                f"batch {row['batch']}, NFE {row['nfe']}, {row['s_per_nfe'] * 1e3:.1f} ms/NFE"
+            )
         ratios = ", ".join(f"{k} {v:.2f}x" for k, v in r["ratios"].items())
         lines.append(f"{name:8s} {r['params']:,} params; {ratios}; peak RSS {r['memory']['host_peak_rss_mib']:.0f} MiB")
         for b, row in r.get("torch", {}).get("train", {}).items():
             if "torch_over_jax_lean" in row:
-                lines.append(f"{name:8s} torch train batch {b}: {row['torch_median_s']:.3f} s/step, "
-                             f"torch/jax lean {row['torch_over_jax_lean']:.2f}x")
+                lines.append(
+                    f"{name:8s} torch train batch {b}: {row['torch_median_s']:.3f} s/step, "
+                    f"torch/jax lean {row['torch_over_jax_lean']:.2f}x"
+                )
         for b, row in r.get("torch", {}).get("forward", {}).items():
             if "torch_over_jax_lean" in row:
-                lines.append(f"{name:8s} torch forward batch {b}: {row['torch_median_s']:.3f} s, "
-                             f"torch/jax lean per NFE {row['torch_over_jax_lean']:.2f}x")
+                lines.append(
+                    f"{name:8s} torch forward batch {b}: {row['torch_median_s']:.3f} s, "
+                    f"torch/jax lean per NFE {row['torch_over_jax_lean']:.2f}x"
+                )
     return "\n".join(lines)
 
 
@@ -445,15 +528,19 @@ def main(argv: list[str] | None = None) -> dict:
         parallel.force_host_devices(args.host_devices)  # before JAX starts its backends; no-op if already set
     allocator = hostmem.configure(args.host_allocator)  # also before the backends (threads pick arenas early)
     load_start = os.getloadavg()
-    report = dict(device={**device_info(), "host_allocator": allocator}, settings=vars(args), loadavg_start=load_start,
-                  configs={})
+    report = dict(
+        device={**device_info(), "host_allocator": allocator}, settings=vars(args), loadavg_start=load_start, configs={}
+    )
     for name in filter(None, args.configs.split(",")):
         report["configs"][name] = bench_config(name, args)
         print(table({name: report["configs"][name]}), flush=True)
     report["loadavg_end"] = os.getloadavg()
     d = report["device"]
-    print(f"{d['backend']} ({d['device_kind']}, {d['n_local_devices']} local devices, {d['host_cores']} host cores); "
-          f"load average {load_start[0]:.1f} -> {report['loadavg_end'][0]:.1f}", flush=True)
+    print(
+        f"{d['backend']} ({d['device_kind']}, {d['n_local_devices']} local devices, {d['host_cores']} host cores); "
+        f"load average {load_start[0]:.1f} -> {report['loadavg_end'][0]:.1f}",
+        flush=True,
+    )
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

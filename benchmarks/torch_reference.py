@@ -1,4 +1,4 @@
-"""PyTorch reference of ``dale_langevin.models.ScoreUNet`` for the CPU speed comparison (benchmark only).
+"""PyTorch reference of ``dale_langevin.nets.unet.ScoreUNet`` for the CPU speed comparison (benchmark only).
 
 PyTorch is NOT a dependency of the package: this script runs in a private environment, e.g.
 
@@ -7,7 +7,7 @@ PyTorch is NOT a dependency of the package: this script runs in a private enviro
         --steps=10 --expect_params=1045729 --out=torch.json
 
 It imports only torch, numpy and the standard library (not the package, not jax), so the model
-settings of ``configs/demo.py`` and ``configs/mnist.py`` (on top of ``dale_langevin/config.py``
+settings of ``configs/demo.py`` and ``configs/mnist.py`` (on top of ``dale_langevin/pipeline/config.py``
 defaults) are copied into ``CONFIGS`` below; keep them in step with those files. The network
 mirrors the Flax one layer by layer: the same convolutions, GroupNorms (``gcd(C, 32)`` groups, eps
 1e-6), SiLU, sinusoidal embedding of the noise level (scale 100) through two Dense layers of width
@@ -22,7 +22,7 @@ What is timed (``torch.set_num_threads(--threads)``, warm-up steps excluded, med
   * train step at each ``--batch``: forward in train mode (dropout on), loss
     ``mean_B sum_pixels (net(x, level) - target)**2`` against a random target, backward, global
     grad-norm clip (``--grad_clip``), Adam with the linear warm-up schedule of
-    ``dale_langevin.train.make_optimizer``, and an EMA update of every parameter with the warm-up
+    ``dale_langevin.pipeline.state.make_optimizer``, and an EMA update of every parameter with the warm-up
     decay ``min(decay, (1 + n) / (10 + n))`` -- the same work as the JAX train step;
   * forward only at ``--forward_batch`` under ``torch.inference_mode`` (one sampler network
     evaluation).
@@ -47,16 +47,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Model and optimiser settings, copied from configs/*.py over dale_langevin/config.py defaults.
-_DEFAULT = {"channels": 64, "channel_mult": (1, 2, 2), "num_res_blocks": 2, "attn_resolutions": (7,), "dropout": 0.1,
-            "image_shape": (28, 28, 1), "lr": 1e-4, "warmup_steps": 5_000, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
-            "grad_clip": 1.0, "ema_decay": 0.999, "ema_warmup": True}
+# Model and optimiser settings, copied from configs/*.py over dale_langevin/pipeline/config.py defaults.
+_DEFAULT = {
+    "channels": 64,
+    "channel_mult": (1, 2, 2),
+    "num_res_blocks": 2,
+    "attn_resolutions": (7,),
+    "dropout": 0.1,
+    "image_shape": (28, 28, 1),
+    "lr": 1e-4,
+    "warmup_steps": 5_000,
+    "beta1": 0.9,
+    "beta2": 0.999,
+    "eps": 1e-8,
+    "grad_clip": 1.0,
+    "ema_decay": 0.999,
+    "ema_warmup": True,
+}
 CONFIGS = {
-    "demo": {**_DEFAULT, "channels": 32, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "attn_resolutions": (),
-             "dropout": 0.0, "lr": 2e-3, "warmup_steps": 100, "ema_decay": 0.995},
+    "demo": {
+        **_DEFAULT,
+        "channels": 32,
+        "channel_mult": (1, 2, 2),
+        "num_res_blocks": 1,
+        "attn_resolutions": (),
+        "dropout": 0.0,
+        "lr": 2e-3,
+        "warmup_steps": 100,
+        "ema_decay": 0.995,
+    },
     "mnist": dict(_DEFAULT),
 }
-# Flax parameter counts (dale_langevin.config.make_model(cfg) + model.init on a 28x28x1 input).
+# Flax parameter counts (dale_langevin.pipeline.config.make_model(cfg) + model.init on a 28x28x1 input).
 FLAX_PARAMS = {"demo": 1_045_729, "mnist": 6_469_889}
 
 
@@ -120,8 +142,15 @@ class AttnBlock(nn.Module):
 class ScoreUNet(nn.Module):
     """Layer-by-layer mirror of the Flax ``ScoreUNet`` (NCHW): ``(B, C, H, W), (B,) -> (B, C, H, W)``."""
 
-    def __init__(self, channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
-                 image_shape=(28, 28, 1)):
+    def __init__(
+        self,
+        channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attn_resolutions=(),
+        dropout=0.0,
+        image_shape=(28, 28, 1),
+    ):
         super().__init__()
         self.channels, self.channel_mult, self.num_res_blocks = channels, tuple(channel_mult), num_res_blocks
         emb_dim = 4 * channels
@@ -190,8 +219,16 @@ def n_params(model: nn.Module) -> int:
 
 def _summary(times: list[float], cpu: list[float], batch: int) -> dict:
     med = statistics.median(times)
-    return {"batch": batch, "median_s": med, "min_s": min(times), "max_s": max(times), "images_per_s": batch / med,
-                "step_times_s": times, "median_cpu_s": statistics.median(cpu), "step_cpu_s": cpu}
+    return {
+        "batch": batch,
+        "median_s": med,
+        "min_s": min(times),
+        "max_s": max(times),
+        "images_per_s": batch / med,
+        "step_times_s": times,
+        "median_cpu_s": statistics.median(cpu),
+        "step_cpu_s": cpu,
+    }
 
 
 def time_train(model: nn.Module, cfg: dict, batch: int, steps: int, warmup: int, channels_last: bool) -> dict:
@@ -208,7 +245,7 @@ def time_train(model: nn.Module, cfg: dict, batch: int, steps: int, warmup: int,
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.Adam(params, lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"])
     warm = cfg["warmup_steps"]
-    # dale_langevin.train.make_optimizer: lr * min(1, (n + 1) / warmup_steps), n = updates done so far.
+    # dale_langevin.pipeline.state.make_optimizer: lr * min(1, (n + 1) / warmup_steps), n = updates done so far.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: min(1.0, (n + 1) / warm) if warm > 1 else 1.0)
 
     def step(n: int) -> float:
@@ -269,8 +306,9 @@ def main(argv=None) -> int:
     p.add_argument("--forward_steps", type=int, default=0, help="timed forward steps (0: same as --steps)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--channels_last", action="store_true", help="NHWC memory format (default NCHW)")
-    p.add_argument("--expect_params", type=int, default=None,
-                   help="fail unless the parameter count equals this (the Flax model's)")
+    p.add_argument(
+        "--expect_params", type=int, default=None, help="fail unless the parameter count equals this (the Flax model's)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON output path")
     args = p.parse_args(argv)
@@ -280,24 +318,40 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = CONFIGS[args.config]
-    model_kw = {k: cfg[k] for k in ("channels", "channel_mult", "num_res_blocks", "attn_resolutions", "dropout",
-                                    "image_shape")}
+    model_kw = {
+        k: cfg[k] for k in ("channels", "channel_mult", "num_res_blocks", "attn_resolutions", "dropout", "image_shape")
+    }
     model = ScoreUNet(**model_kw)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     count = n_params(model)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, config {args.config}: "
-          f"{count:,} parameters (Flax: {FLAX_PARAMS[args.config]:,})", flush=True)
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, config {args.config}: "
+        f"{count:,} parameters (Flax: {FLAX_PARAMS[args.config]:,})",
+        flush=True,
+    )
     if args.expect_params is not None and count != args.expect_params:
         print(f"ERROR: parameter count {count} != expected {args.expect_params}", file=sys.stderr)
         return 1
 
     result = {
-        "config": args.config, "model": model_kw, "params": count, "flax_params_recorded": FLAX_PARAMS[args.config],
-        "torch_version": torch.__version__, "numpy_version": np.__version__, "python": platform.python_version(),
-        "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-        "cpu_count": os.cpu_count(), "parallel_info": torch.__config__.parallel_info(), "channels_last": args.channels_last, "steps": args.steps, "warmup": args.warmup,
-        "loadavg_start": list(load_start), "train": {}, "forward": {},
+        "config": args.config,
+        "model": model_kw,
+        "params": count,
+        "flax_params_recorded": FLAX_PARAMS[args.config],
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": os.cpu_count(),
+        "parallel_info": torch.__config__.parallel_info(),
+        "channels_last": args.channels_last,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "loadavg_start": list(load_start),
+        "train": {},
+        "forward": {},
     }
     batches = [int(b) for b in str(args.batch).split(",") if b.strip() and int(b) > 0]
     for b in batches:
@@ -306,19 +360,28 @@ def main(argv=None) -> int:
             model_b = model_b.to(memory_format=torch.channels_last)
         r = time_train(model_b, cfg, b, args.steps, args.warmup, args.channels_last)
         result["train"][str(b)] = r
-        print(f"train  batch {b:4d}: median {r['median_s']:.3f} s/step  ({r['images_per_s']:.1f} img/s)  "
-              f"min {r['min_s']:.3f}  max {r['max_s']:.3f}  cpu {r['median_cpu_s']:.2f} s", flush=True)
+        print(
+            f"train  batch {b:4d}: median {r['median_s']:.3f} s/step  ({r['images_per_s']:.1f} img/s)  "
+            f"min {r['min_s']:.3f}  max {r['max_s']:.3f}  cpu {r['median_cpu_s']:.2f} s",
+            flush=True,
+        )
     if args.forward_batch > 0:
-        r = time_forward(model, cfg, args.forward_batch, args.forward_steps or args.steps, args.warmup,
-                         args.channels_last)
+        r = time_forward(
+            model, cfg, args.forward_batch, args.forward_steps or args.steps, args.warmup, args.channels_last
+        )
         result["forward"][str(args.forward_batch)] = r
-        print(f"forward batch {args.forward_batch:4d}: median {r['median_s']:.3f} s  "
-              f"({r['images_per_s']:.1f} img/s)  min {r['min_s']:.3f}  max {r['max_s']:.3f}  cpu {r['median_cpu_s']:.2f} s",
-              flush=True)
+        print(
+            f"forward batch {args.forward_batch:4d}: median {r['median_s']:.3f} s  "
+            f"({r['images_per_s']:.1f} img/s)  min {r['min_s']:.3f}  max {r['max_s']:.3f}  cpu {r['median_cpu_s']:.2f} s",
+            flush=True,
+        )
     result["loadavg_end"] = list(os.getloadavg())
     result["wall_s"] = time.time() - t_start
-    print(f"load average start {tuple(round(v, 2) for v in load_start)}, "
-          f"end {tuple(round(v, 2) for v in result['loadavg_end'])}", flush=True)
+    print(
+        f"load average start {tuple(round(v, 2) for v in load_start)}, "
+        f"end {tuple(round(v, 2) for v in result['loadavg_end'])}",
+        flush=True,
+    )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

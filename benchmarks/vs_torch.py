@@ -53,11 +53,18 @@ def round_ratios(jax_report: dict, config: str, batch: int, forward_batch: int) 
         raise ValueError(f"the JAX report has no PyTorch side for {config!r}: was --torch_json given?")
     train, forward = side["train"].get(str(batch), {}), side["forward"].get(str(forward_batch), {})
     if "torch_over_jax_lean" not in train or "torch_over_jax_lean" not in forward:
-        raise ValueError(f"no matching batch: PyTorch train {sorted(side['train'])}, forward {sorted(side['forward'])}; "
-                         f"JAX train {batch}, sampler {forward_batch}")
-    return dict(torch_train_s=train["torch_median_s"], jax_train_s=train["jax_lean_s"],
-                train_torch_over_jax=train["torch_over_jax_lean"], torch_forward_s=forward["torch_median_s"],
-                jax_s_per_nfe=forward["jax_lean_s_per_nfe"], forward_torch_over_jax=forward["torch_over_jax_lean"])
+        raise ValueError(
+            f"no matching batch: PyTorch train {sorted(side['train'])}, forward {sorted(side['forward'])}; "
+            f"JAX train {batch}, sampler {forward_batch}"
+        )
+    return dict(
+        torch_train_s=train["torch_median_s"],
+        jax_train_s=train["jax_lean_s"],
+        train_torch_over_jax=train["torch_over_jax_lean"],
+        torch_forward_s=forward["torch_median_s"],
+        jax_s_per_nfe=forward["jax_lean_s_per_nfe"],
+        forward_torch_over_jax=forward["torch_over_jax_lean"],
+    )
 
 
 def summarise(rounds: list[dict]) -> dict:
@@ -72,23 +79,53 @@ def main(argv: list[str] | None = None) -> dict:
     rounds = []
     for r in range(1, args.rounds + 1):
         torch_json, jax_json = (os.path.join(args.out_dir, f"{side}_{r}.json") for side in ("torch", "jax"))
-        subprocess.run([args.torch_python, str(ROOT / "benchmarks" / "torch_reference.py"), f"--config={args.config}",
-                        f"--batch={args.batch}", f"--forward_batch={args.forward_batch}", f"--steps={args.steps}",
-                        f"--expect_params={EXPECT_PARAMS[args.config]}", f"--out={torch_json}"], check=True)
-        subprocess.run([sys.executable, "-m", "benchmarks.run", f"--configs={args.config}", f"--batch={args.batch}",
-                        f"--steps={args.steps}", f"--nfe={args.nfe}", f"--sample_batch={args.forward_batch}",
-                        "--sample_repeats=2", "--cpu_conv_variants=", f"--torch_json={torch_json}",
-                        f"--out={jax_json}"], check=True, cwd=ROOT)
+        subprocess.run(
+            [
+                args.torch_python,
+                str(ROOT / "benchmarks" / "torch_reference.py"),
+                f"--config={args.config}",
+                f"--batch={args.batch}",
+                f"--forward_batch={args.forward_batch}",
+                f"--steps={args.steps}",
+                f"--expect_params={EXPECT_PARAMS[args.config]}",
+                f"--out={torch_json}",
+            ],
+            check=True,
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.run",
+                f"--configs={args.config}",
+                f"--batch={args.batch}",
+                f"--steps={args.steps}",
+                f"--nfe={args.nfe}",
+                f"--sample_batch={args.forward_batch}",
+                "--sample_repeats=2",
+                "--cpu_conv_variants=",
+                f"--torch_json={torch_json}",
+                f"--out={jax_json}",
+            ],
+            check=True,
+            cwd=ROOT,
+        )
         with open(jax_json) as f:
             rounds.append(round_ratios(json.load(f), args.config, args.batch, args.forward_batch))
         x = rounds[-1]
-        print(f"round {r}: train torch {x['torch_train_s']:.3f} / jax {x['jax_train_s']:.3f} s = "
-              f"{x['train_torch_over_jax']:.2f}x; forward torch {x['torch_forward_s']:.3f} / jax "
-              f"{x['jax_s_per_nfe']:.3f} s = {x['forward_torch_over_jax']:.2f}x", flush=True)
+        print(
+            f"round {r}: train torch {x['torch_train_s']:.3f} / jax {x['jax_train_s']:.3f} s = "
+            f"{x['train_torch_over_jax']:.2f}x; forward torch {x['torch_forward_s']:.3f} / jax "
+            f"{x['jax_s_per_nfe']:.3f} s = {x['forward_torch_over_jax']:.2f}x",
+            flush=True,
+        )
     summary = summarise(rounds)
     m = summary["medians"]
-    print(f"median over {len(rounds)} rounds: train {m['train_torch_over_jax']:.2f}x, forward "
-          f"{m['forward_torch_over_jax']:.2f}x (> 1: JAX faster)", flush=True)
+    print(
+        f"median over {len(rounds)} rounds: train {m['train_torch_over_jax']:.2f}x, forward "
+        f"{m['forward_torch_over_jax']:.2f}x (> 1: JAX faster)",
+        flush=True,
+    )
     with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary

@@ -1,29 +1,35 @@
 """The full-size ablation for accelerators: the MNIST network and budget, every row, long NFE curves.
 
-    python -m dale_langevin.ablations --config=configs/ablation_mnist.py --workdir=gs://BUCKET/ablation_mnist
+    python -m dale_langevin.main --mode=ablate --config=configs/ablation_mnist.py --workdir=gs://BUCKET/ablation_mnist
 
 Five trainings of 100k steps each (the published runs use 100k-300k), 10,000 samples per row (the
-usual FID sample size), curves up to the published 1,000 levels.
+usual FID sample size), curves up to the published 1,000 levels; the grid of configs/ablation_cpu.py.
 """
+
+import os
 
 from ml_collections import ConfigDict
 
-from dale_langevin.config import default_config
+from dale_langevin.pipeline.config import default_config, load_config_file
 
 
 def get_config():
     """The MNIST config with an ablation block."""
+    grid = load_config_file(os.path.join(os.path.dirname(__file__), "ablation_cpu.py")).ablation
     c = default_config()
     c.data.dataset = "mnist"
     c.training.n_iters = 100_000
-    c.sampling.n_steps = 1000
-    c.sampling.denoise_steps = 10
+    for method in ("dale_langevin", "sign_agnostic", "euler_maruyama"):
+        c.sampling[method].denoise_steps = 10
     c.sampling.batch_size = 500
     c.eval.classifier_epochs = 5
 
     c.ablation = ConfigDict()
+    c.ablation.n_steps = 1000
     c.ablation.rows = "all"
     c.ablation.curves = "gbm_dale_langevin,gbm_sign_agnostic,ve_euler_maruyama,vp_euler_maruyama,gbm_ode"
     c.ablation.nfe_steps = (20, 50, 100, 200, 500)
     c.ablation.n_samples = 10_000
+    c.ablation.trainings = grid.trainings
+    c.ablation.grid = grid.grid
     return c

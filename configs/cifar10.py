@@ -1,9 +1,9 @@
 """CIFAR-10 (the paper used NCSN++; this is the config's U-Net, wider and with attention at 16x16).
 
-    python -m dale_langevin.main --config=configs/cifar10.py --workdir=gs://BUCKET/runs/cifar10
+python -m dale_langevin.main --config=configs/cifar10.py --workdir=gs://BUCKET/runs/cifar10
 """
 
-from dale_langevin.config import default_config
+from dale_langevin.pipeline.config import default_config
 
 
 def get_config():

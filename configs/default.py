@@ -1,4 +1,4 @@
-"""Shared defaults: the published GBM and optimiser settings (``dale_langevin.config.default_config``).
+"""Shared defaults: the published GBM and optimiser settings (``dale_langevin.pipeline.config.default_config``).
 
     python -m dale_langevin.main --config=configs/default.py --workdir=DIR   # MNIST, published settings
 
@@ -6,7 +6,7 @@ Every experiment config starts from these and overrides what differs; any field 
 on the command line, e.g. ``--config.training.n_iters=2000``.
 """
 
-from dale_langevin.config import default_config
+from dale_langevin.pipeline.config import default_config
 
 
 def get_config():

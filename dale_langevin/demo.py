@@ -16,9 +16,9 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from dale_langevin.analytic import LogNormalMixture, recovery_stats
-from dale_langevin.gbm import GBM
-from dale_langevin.samplers import sample
+from dale_langevin import samplers
+from dale_langevin.processes.analytic import LogNormalMixture, recovery_stats
+from dale_langevin.processes.gbm import GBM
 
 _N_STEPS = flags.DEFINE_list("n_steps", ["1000", "200"], "Time levels to try.")
 _BATCH = flags.DEFINE_integer("batch", 1024, "Samples per run.")
@@ -29,14 +29,16 @@ MIXTURE = dict(weights=[0.3, 0.7], log_means=[-0.5, 0.5], log_stds=[0.1, 0.1])
 
 def run_demo(n_steps_list, batch: int, dims: int, seed: int = 0) -> list[dict]:
     """Runs both samplers for each ``n_steps``; returns one row of recovery figures per run."""
-    sde = GBM()
+    process = GBM()
     mixture = LogNormalMixture.create(**MIXTURE)
-    x_T = mixture.sample_marginal(jax.random.key(seed), sde, sde.T, (batch, dims))
-    hyv = mixture.hyvarinen_fn(sde)
+    x_T = mixture.sample_marginal(jax.random.key(seed), process, process.T, (batch, dims))
+    score_fn = mixture.score_fn(process)
     rows = []
-    for method in sde.sampler_methods:
+    for method in ("dale_langevin", "sign_agnostic"):
         for n in n_steps_list:
-            run = jax.jit(functools.partial(sample, hyv_fn=hyv, sde=sde, method=method, n_steps=n))
+            run = jax.jit(
+                functools.partial(samplers.sample, score_fn=score_fn, process=process, method=method, n_steps=n)
+            )
             run(jax.random.key(seed + 1), x_T=x_T).block_until_ready()  # compile
             start = time.perf_counter()
             x0 = run(jax.random.key(seed + 1), x_T=x_T).block_until_ready()
@@ -59,13 +61,17 @@ def run_demo(n_steps_list, batch: int, dims: int, seed: int = 0) -> list[dict]:
 def main(argv):
     del argv
     n_steps_list = [int(n) for n in _N_STEPS.value]
-    print(f"Log-normal mixture {MIXTURE}, GBM sigma=0.8, exact Hyvarinen score, "
-          f"{_BATCH.value}x{_DIMS.value} samples, backend={jax.default_backend()}")
+    print(
+        f"Log-normal mixture {MIXTURE}, GBM sigma=0.8, exact Hyvarinen score, "
+        f"{_BATCH.value}x{_DIMS.value} samples, backend={jax.default_backend()}"
+    )
     header = f"{'method':<14}{'N':>6}{'seconds':>9}{'|dw|max':>9}{'|dmean|':>9}{'|dstd|':>9}{'min x':>9}{'bad':>6}"
     print(header)
     for r in run_demo(n_steps_list, _BATCH.value, _DIMS.value):
-        print(f"{r['method']:<14}{r['n_steps']:>6}{r['seconds']:>9.2f}{r['weight_err']:>9.4f}"
-              f"{r['mean_err']:>9.4f}{r['std_err']:>9.4f}{r['min_value']:>9.3f}{r['bad_fraction']:>6.0%}")
+        print(
+            f"{r['method']:<14}{r['n_steps']:>6}{r['seconds']:>9.2f}{r['weight_err']:>9.4f}"
+            f"{r['mean_err']:>9.4f}{r['std_err']:>9.4f}{r['min_value']:>9.3f}{r['bad_fraction']:>6.0%}"
+        )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 # Settings (environment variables):
 #   WORKDIR           required  local directory or gs://BUCKET/PATH
 #   CONFIG            default configs/mnist.py (path inside the repository)
-#   MODE              default train; or sample
+#   MODE              default train; or sample, eval, ablate (see python -m dale_langevin.main --help)
 #   DATA_DIR          default empty (config default); TFDS data dir, passed as --config.data.data_dir
 #   EXTRA_FLAGS       default empty; more flags, split on spaces, e.g. "--config.training.n_iters=2000"
 #   PYTHON            default python3 (activate your virtualenv first, or point this at it)
@@ -33,7 +33,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-case "$MODE" in train | sample) ;; *) echo "error: MODE must be train or sample, not '$MODE'" >&2; exit 2 ;; esac
+case "$MODE" in train | sample | eval | ablate) ;; *) echo "error: MODE must be train, sample, eval or ablate, not '$MODE'" >&2; exit 2 ;; esac
 cd "$REPO"
 [[ -f "${CONFIG%%:*}" ]] || { echo "error: no config ${CONFIG%%:*} in $REPO" >&2; exit 2; }
 

@@ -15,7 +15,7 @@
 #   WORKDIR           required for start: gs://BUCKET/PATH (checkpoints, summaries, samples);
 #                     every worker must see the same directory, so use GCS, not a local path
 #   CONFIG            default configs/mnist.py (path inside the repository)
-#   MODE              default train; or sample (reads checkpoints from WORKDIR)
+#   MODE              default train; or sample, eval (read checkpoints from WORKDIR), ablate (an ablation config)
 #   DATA_DIR          default empty (config default); gs://BUCKET/tensorflow_datasets, passed as
 #                     --config.data.data_dir
 #   EXTRA_FLAGS       default empty; more flags, split on spaces, e.g. "--config.training.n_iters=2000"
@@ -46,7 +46,7 @@ TAIL_LINES="${TAIL_LINES:-100}"
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-case "$MODE" in train | sample) ;; *) echo "error: MODE must be train or sample, not '$MODE'" >&2; exit 2 ;; esac
+case "$MODE" in train | sample | eval | ablate) ;; *) echo "error: MODE must be train, sample, eval or ablate, not '$MODE'" >&2; exit 2 ;; esac
 
 case "$ACTION" in
 start)

@@ -19,7 +19,9 @@ def test_mixture_score_is_x_times_grad_log_density(sde):
     chex.assert_shape(h, x.shape)
     np.testing.assert_allclose(h, x * grad, rtol=1e-4, atol=1e-4)
     # A scalar time gives the same as a constant batch of times.
-    np.testing.assert_allclose(mixture.hyvarinen(x, sde, 0.5), mixture.hyvarinen(x, sde, jnp.full((6,), 0.5)), rtol=1e-6)
+    np.testing.assert_allclose(
+        mixture.hyvarinen(x, sde, 0.5), mixture.hyvarinen(x, sde, jnp.full((6,), 0.5)), rtol=1e-6
+    )
 
 
 def test_marginal_sample_matches_simulated_forward_process():
@@ -50,7 +52,9 @@ def test_mixture_validation():
         LogNormalMixture.create([1.0], [0.0, 1.0], [0.1, 0.1])
 
 
-@pytest.mark.parametrize("name, cls, kwargs", [("gbm", GBM, dict(sigma=0.5)), ("ve", VESDE, {}), ("vp", VPSDE, dict(beta_max=10.0))])
+@pytest.mark.parametrize(
+    "name, cls, kwargs", [("gbm", GBM, dict(sigma=0.5)), ("ve", VESDE, {}), ("vp", VPSDE, dict(beta_max=10.0))]
+)
 def test_get_process(name, cls, kwargs):
     process = get_process(name, **kwargs)
     assert isinstance(process, cls)

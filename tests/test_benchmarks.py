@@ -11,8 +11,19 @@ from benchmarks import run
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    argv = ["--configs=demo", "--micro", "--batch=4", "--steps=2", "--warmup=1", "--nfe=3", "--sample_batch=4",
-            "--sample_repeats=1", "--cpu_conv_variants=off", "--host_allocator=system", f"--out={out}"]  # malloc untouched in pytest
+    argv = [
+        "--configs=demo",
+        "--micro",
+        "--batch=4",
+        "--steps=2",
+        "--warmup=1",
+        "--nfe=3",
+        "--sample_batch=4",
+        "--sample_repeats=1",
+        "--cpu_conv_variants=off",
+        "--host_allocator=system",
+        f"--out={out}",
+    ]  # malloc untouched in pytest
     returned = run.main(argv)
     with open(out) as f:
         written = json.load(f)
@@ -38,9 +49,17 @@ def test_json_has_every_field_finite_and_positive(report, n_devices):
         assert isinstance(row["minor_faults_per_call"], (int, float)) and row["minor_faults_per_call"] >= 0
     lean, plain = c["train"]["lean"], c["train"]["plain"]
     assert (lean["n_devices"], lean["per_device_batch"], lean["donated"], lean["host_sync_every_step"]) == (
-        n_devices, 4 // n_devices, True, False)
+        n_devices,
+        4 // n_devices,
+        True,
+        False,
+    )
     assert (plain["n_devices"], plain["donated"], plain["host_sync_every_step"], plain["cpu_conv"]) == (
-        1, False, True, "off")
+        1,
+        False,
+        True,
+        "off",
+    )
     assert lean["images_per_s"] == pytest.approx(4 / lean["s_per_step"])
     assert lean["images_per_s_per_device"] == pytest.approx(lean["images_per_s"] / n_devices)
     for key, row in c["sample"].items():
@@ -66,8 +85,13 @@ def test_ratios_are_the_time_ratios_of_the_rows(report):
 def test_torch_json_is_set_beside_matching_rows(report, tmp_path):
     returned, _ = report
     c = returned["configs"]["demo"]
-    ref = {"config": "demo", "torch_version": "x", "threads": 2,
-           "train": {"4": {"median_s": 0.5}, "128": {"median_s": 2.0}}, "forward": {"4": {"median_s": 0.1}}}
+    ref = {
+        "config": "demo",
+        "torch_version": "x",
+        "threads": 2,
+        "train": {"4": {"median_s": 0.5}, "128": {"median_s": 2.0}},
+        "forward": {"4": {"median_s": 0.1}},
+    }
     path = tmp_path / "torch.json"
     path.write_text(json.dumps(ref))
     side = run.torch_side(str(path), "demo", c)
@@ -94,8 +118,15 @@ def test_vs_torch_reads_each_rounds_ratios_and_takes_medians(report, tmp_path):
     rounds = []
     for scale in (1.0, 2.0, 0.5):  # three rounds whose PyTorch medians differ
         path = tmp_path / f"torch_{scale}.json"
-        path.write_text(json.dumps({"config": "demo", "train": {"4": {"median_s": scale * 0.1}},
-                                    "forward": {"4": {"median_s": scale * 0.01}}}))
+        path.write_text(
+            json.dumps(
+                {
+                    "config": "demo",
+                    "train": {"4": {"median_s": scale * 0.1}},
+                    "forward": {"4": {"median_s": scale * 0.01}},
+                }
+            )
+        )
         joined = {"configs": {"demo": {**c, "torch": run.torch_side(str(path), "demo", c)}}}
         rounds.append(vs_torch.round_ratios(joined, "demo", batch=4, forward_batch=4))
     lean_s, per_nfe = c["train"]["lean"]["s_per_step"], c["sample"]["lean"]["s_per_nfe"]

@@ -1,4 +1,4 @@
-"""conv.py's backward passes, the GroupNorm and upsampling of the U-Net: equal to the stock ops, gradients too."""
+"""cpu/conv.py's convolution, the GroupNorm and upsampling of the U-Net: equal to the stock ops, gradients too."""
 
 import collections
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from dale_langevin import conv
-from dale_langevin.models import ScoreUNet
+from dale_langevin.cpu import conv
+from dale_langevin.nets.unet import ScoreUNet
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -22,11 +22,17 @@ def _close(actual, expected, rtol=1e-5):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("impl", ["conv_general_dilated", "conv_materialized"])
-@pytest.mark.parametrize("kernel, stride, c_in, c_out, size", [
-    (3, 1, 1, 8, 8), (3, 1, 16, 8, 7), (3, 2, 4, 6, 7), (1, 1, 16, 8, 6), (1, 2, 4, 6, 7),
-])
-def test_values_and_gradients_match_stock(kernel, stride, c_in, c_out, size, impl):
+@pytest.mark.parametrize(
+    "kernel, stride, c_in, c_out, size",
+    [
+        (3, 1, 1, 8, 8),
+        (3, 1, 16, 8, 7),
+        (3, 2, 4, 6, 7),
+        (1, 1, 16, 8, 6),
+        (1, 2, 4, 6, 7),
+    ],
+)
+def test_values_and_gradients_match_stock(kernel, stride, c_in, c_out, size):
     kx, kw, kg = jax.random.split(jax.random.key(kernel * 100 + stride * 10 + c_in), 3)
     x = jax.random.normal(kx, (3, size, size + 1, c_in))
     w = jax.random.normal(kw, (kernel, kernel, c_in, c_out)) / np.sqrt(kernel * kernel * c_in)
@@ -35,7 +41,7 @@ def test_values_and_gradients_match_stock(kernel, stride, c_in, c_out, size, imp
     @jax.jit
     def both(x, w):
         y_ref, vjp_ref = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, **args), x, w)
-        y, vjp = jax.vjp(lambda x, w: getattr(conv, impl)(x, w, **args), x, w)
+        y, vjp = jax.vjp(lambda x, w: conv.conv_materialized(x, w, **args), x, w)
         g = jax.random.normal(kg, y_ref.shape)
         return (y, *vjp(g)), (y_ref, *vjp_ref(g))
 
@@ -51,21 +57,22 @@ def test_unsupported_arguments_fall_back_to_the_stock_op():
     grouped = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=DN, feature_group_count=2)
     dilated = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=DN, rhs_dilation=(2, 2))
     outputs = jax.jit(lambda f: (f(x, w_grouped, **grouped), f(x, w, **dilated)), static_argnums=0)
-    chex.assert_trees_all_equal(outputs(conv.conv_general_dilated), outputs(lax.conv_general_dilated))
     chex.assert_trees_all_equal(outputs(conv.conv_materialized), outputs(lax.conv_general_dilated))
 
 
-def test_policy(monkeypatch):
+def test_policy():
+    assert conv.for_backend("cpu") is conv.conv_materialized
+    # Off the CPU the stock op: accelerators keep XLA's own backward pass.
+    assert conv.for_backend("gpu") is None and conv.for_backend("tpu") is None
+
+
+def test_the_builder_picks_the_convolution_for_the_backend():
+    from dale_langevin.pipeline import config as config_lib
+
+    c = config_lib.default_config()
     assert jax.default_backend() == "cpu"  # the tests run on CPU (conftest)
-    assert conv.select("on") is conv.conv_general_dilated
-    assert conv.select("auto") is conv.conv_materialized
-    assert conv.select("off") is None
-    with pytest.raises(ValueError, match="cpu_conv must be one of"):
-        conv.select("yes")
-    # Off the CPU, "auto" is the stock op: accelerators keep XLA's own backward pass.
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert conv.select("auto") is None
-    assert conv.select("on") is conv.conv_general_dilated
+    assert config_lib.make_model(c).conv is conv.conv_materialized
+    assert config_lib.make_model(c, backend="gpu").conv is None
 
 
 @pytest.mark.parametrize("fn", [conv.materialize, conv.materialize_cotangent])
@@ -82,7 +89,7 @@ def test_materialize_is_the_identity_and_differentiable(fn):
 
 def test_the_boundaries_survive_xla():
     x = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)
-    hlo = lambda f: jax.jit(f).lower(x).compile().as_text()  # noqa: E731
+    hlo = lambda f: jax.jit(f).lower(x).compile().as_text()
     # materialize: a conditional after XLA's optimisation (an optimization_barrier would be gone on CPU).
     assert "conditional(" in hlo(lambda v: conv.materialize(2.0 * v) + 1.0)
     # materialize_cotangent: no conditional in the forward value, one in the gradient.
@@ -95,17 +102,15 @@ def _primitive_counts(model, x, level) -> collections.Counter:
     return collections.Counter(e.primitive.name for e in jax.make_jaxpr(model.apply)(params, x, level).jaxpr.eqns)
 
 
-def test_the_flag_routes_the_unets_convolutions(unet_inputs):
+def test_the_unet_computes_every_convolution_with_the_given_function(unet_inputs):
     x, level = unet_inputs
-    counts = {m: _primitive_counts(_unet(m), x, level) for m in conv.MODES}
-    total = counts["off"]["conv_general_dilated"]
-    assert total > 10 and counts["off"]["custom_vjp_call"] == 0
-    assert counts["on"]["custom_vjp_call"] == total and counts["on"]["conv_general_dilated"] == 0
-    # auto on CPU: every convolution behind a materialised cotangent, the 1x1 ones as matmuls.
-    auto = counts["auto"]
-    assert auto["custom_vjp_call"] == 0 and auto["custom_jvp_call"] == total
-    assert 0 < auto["conv_general_dilated"] < total
-    assert auto["conv_general_dilated"] + auto["dot_general"] - counts["off"]["dot_general"] == total
+    stock, fast = _primitive_counts(_unet(None), x, level), _primitive_counts(_unet(conv.conv_materialized), x, level)
+    total = stock["conv_general_dilated"]
+    assert total > 10 and stock["custom_jvp_call"] == 0
+    # Every convolution behind a materialised cotangent, the 1x1 ones as matmuls.
+    assert fast["custom_vjp_call"] == 0 and fast["custom_jvp_call"] == total
+    assert 0 < fast["conv_general_dilated"] < total
+    assert fast["conv_general_dilated"] + fast["dot_general"] - stock["dot_general"] == total
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +120,9 @@ def unet_inputs():
     return x, level
 
 
-def _unet(cpu_conv, dtype=jnp.float32):
+def _unet(conv_fn, dtype=jnp.float32):
     # Two levels: 3x3 convolutions, a stride-2 one and 1x1 skips (8 -> 16 -> 8 channels).
-    return ScoreUNet(channels=8, channel_mult=(1, 2), num_res_blocks=1, cpu_conv=cpu_conv, dtype=dtype)
+    return ScoreUNet(channels=8, channel_mult=(1, 2), num_res_blocks=1, conv=conv_fn, dtype=dtype)
 
 
 def _random_params(model, x, level):
@@ -127,48 +132,43 @@ def _random_params(model, x, level):
     return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype), shapes)
 
 
-def test_unet_params_outputs_and_gradients_do_not_depend_on_the_flag(unet_inputs):
+def test_unet_params_outputs_and_gradients_do_not_depend_on_the_convolution(unet_inputs):
     x, level = unet_inputs
-    trees = {m: jax.eval_shape(_unet(m).init, jax.random.key(1), x, level) for m in conv.MODES}
+    fast = conv.conv_materialized
     # Same names, shapes and dtypes: checkpoints load whichever convolution a model uses.
-    chex.assert_trees_all_equal_shapes_and_dtypes(trees["on"], trees["off"])
-    chex.assert_trees_all_equal_shapes_and_dtypes(trees["auto"], trees["off"])
-    params = _random_params(_unet("off"), x, level)
+    chex.assert_trees_all_equal_shapes_and_dtypes(
+        jax.eval_shape(_unet(fast).init, jax.random.key(1), x, level),
+        jax.eval_shape(_unet(None).init, jax.random.key(1), x, level),
+    )
+    params = _random_params(_unet(None), x, level)
 
-    def loss(mode):
-        fn = lambda p, x: jnp.sum(jnp.tanh(_unet(mode).apply(p, x, level)))  # noqa: E731
+    def loss(conv_fn):
+        fn = lambda p, x: jnp.sum(jnp.tanh(_unet(conv_fn).apply(p, x, level)))
         return jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
 
-    # "on": im2col for every convolution (3x3, stride 2, 1x1).
-    ref_loss, ref_grads = loss("off")(params, x)
-    got_loss, got_grads = loss("on")(params, x)
-    _close(got_loss, ref_loss)
-    jax.tree.map(_close, got_grads, ref_grads)
-    # "auto": 1x1 convolutions as matmuls, all behind materialised cotangents. XLA fuses the
-    # elementwise backward differently, so sums run in other orders: tolerances relative to the
-    # largest gradient anywhere (some leaves, e.g. a GroupNorm bias right before another GroupNorm,
-    # are zero up to rounding, around 1e-7).
+    # 1x1 convolutions as matmuls, all behind materialised cotangents. XLA fuses the elementwise
+    # backward differently, so sums run in other orders: tolerances relative to the largest
+    # gradient anywhere (some leaves, e.g. a GroupNorm bias right before another GroupNorm, are zero
+    # up to rounding, around 1e-7).
+    ref_loss, ref_grads = loss(None)(params, x)
     scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ref_grads))
-    got_loss, got_grads = loss("auto")(params, x)
+    got_loss, got_grads = loss(fast)(params, x)
     _close(got_loss, ref_loss)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale), got_grads, ref_grads)
 
-    # Forward mode (ode.log_likelihood's divergence) works under "auto" and agrees with the stock op;
-    # "on" is a custom VJP, reverse mode only.
-    def jvp(mode):
-        return jax.jit(lambda p, x, t: jax.jvp(lambda x: _unet(mode).apply(p, x, level), (x,), (t,)))
+    # Forward mode (ode.log_likelihood's divergence) works and agrees with the stock op.
+    def jvp(conv_fn):
+        return jax.jit(lambda p, x, t: jax.jvp(lambda x: _unet(conv_fn).apply(p, x, level), (x,), (t,)))
 
     t = jax.random.normal(jax.random.key(9), x.shape)
-    jax.tree.map(_close, jvp("auto")(params, x, t), jvp("off")(params, x, t))
-    with pytest.raises(TypeError, match="forward-mode"):
-        jvp("on")(params, x, t)
+    jax.tree.map(_close, jvp(fast)(params, x, t), jvp(None)(params, x, t))
 
 
 def test_bfloat16_model_keeps_float32_params_and_output(unet_inputs):
     x, level = unet_inputs
-    params = _random_params(_unet("off"), x, level)
-    out32 = jax.jit(_unet("off").apply)(params, x, level)
-    out16 = jax.jit(_unet("off", jnp.bfloat16).apply)(params, x, level)
+    params = _random_params(_unet(None), x, level)
+    out32 = jax.jit(_unet(None).apply)(params, x, level)
+    out16 = jax.jit(_unet(None, jnp.bfloat16).apply)(params, x, level)
     assert out16.dtype == jnp.float32
     # bf16 keeps 8 bits of mantissa: close to the float32 output, not identical.
     np.testing.assert_allclose(out16, out32, atol=0.05 * float(jnp.abs(out32).max()))
@@ -176,7 +176,7 @@ def test_bfloat16_model_keeps_float32_params_and_output(unet_inputs):
 
 
 def test_upsample_matches_image_resize_and_its_gradient():
-    from dale_langevin.models import upsample_nearest
+    from dale_langevin.nets.unet import upsample_nearest
 
     x = jax.random.normal(jax.random.key(3), (2, 3, 5, 4))
     expected = jax.image.resize(x, (2, 6, 10, 4), "nearest")
@@ -187,11 +187,13 @@ def test_upsample_matches_image_resize_and_its_gradient():
     np.testing.assert_allclose(grad, g.reshape(2, 3, 2, 5, 2, 4).sum(axis=(2, 4)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("shape, groups", [((2, 5, 6, 32), 32), ((2, 4, 4, 64), 32), ((3, 7, 7, 12), 4), ((2, 9, 8), 4)])
+@pytest.mark.parametrize(
+    "shape, groups", [((2, 5, 6, 32), 32), ((2, 4, 4, 64), 32), ((3, 7, 7, 12), 4), ((2, 9, 8), 4)]
+)
 def test_group_norm_matches_flax_values_gradients_and_names(shape, groups):
     from flax import linen as nn
 
-    from dale_langevin.models import GroupNorm
+    from dale_langevin.nets.unet import GroupNorm
 
     x = 3.0 + 2.0 * jax.random.normal(jax.random.key(5), shape)  # an offset mean: tests the variance formula
     ours, ref = GroupNorm(groups), nn.GroupNorm(groups, epsilon=1e-6)
@@ -199,14 +201,14 @@ def test_group_norm_matches_flax_values_gradients_and_names(shape, groups):
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(7), p.shape), params)
     chex.assert_trees_all_equal_shapes_and_dtypes(ours.init(jax.random.key(0), x), params)
     g = jax.random.normal(jax.random.key(6), shape)
-    loss = lambda m: lambda p, x: jnp.vdot(nn.silu(m.apply(p, x)), g)  # noqa: E731
+    loss = lambda m: lambda p, x: jnp.vdot(nn.silu(m.apply(p, x)), g)
     _close(ours.apply(params, x), ref.apply(params, x), rtol=2e-5)
     for a, b in zip(jax.grad(loss(ours), argnums=(0, 1))(params, x), jax.grad(loss(ref), argnums=(0, 1))(params, x)):
         jax.tree.map(lambda u, v: _close(u, v, rtol=5e-5), a, b)
 
 
 def test_group_norm_bfloat16_output_and_bad_groups():
-    from dale_langevin.models import GroupNorm
+    from dale_langevin.nets.unet import GroupNorm
 
     x = 100.0 + jax.random.normal(jax.random.key(1), (2, 4, 4, 8))
     params = GroupNorm(4).init(jax.random.key(0), x)

@@ -10,10 +10,11 @@ import chex
 import numpy as np
 import pytest
 
-from dale_langevin import GBM, VESDE, data
+from dale_langevin import GBM, VESDE
+from dale_langevin.pipeline import data
 
 TFDS_NAMES = ("mnist", "fashion_mnist", "kmnist", "cifar10")
-IDENTITY = lambda u: u  # noqa: E731
+IDENTITY = lambda u: u
 
 
 def _row_keys(images_u8: np.ndarray, labels: np.ndarray) -> list[bytes]:
@@ -27,7 +28,7 @@ def _epoch_keys(it, n_batches: int) -> list[bytes]:
     for _ in range(n_batches):
         b = next(it)
         pixels = np.rint(b["images"] * 255.0).astype(np.uint8)
-        keys += _row_keys(pixels.reshape(-1, *pixels.shape[2:]), b["labels"].reshape(-1))
+        keys += _row_keys(pixels, b["labels"])
     return keys
 
 
@@ -81,11 +82,11 @@ def test_embedded_splits_balanced_and_disjoint():
 
 @pytest.mark.parametrize("sde, lo, hi", [(GBM(), 1.0, 2.0), (VESDE(), -1.0, 1.0)])
 def test_embedded_iterator_shapes_and_encode(sde, lo, hi):
-    it = data.train_iterator("embedded_mnist", global_batch=64, n_local_devices=2, encode=sde.encode)
+    it = data.train_iterator("embedded_mnist", host_batch=64, encode=sde.encode)
     for _ in range(3):
         b = next(it)
-        chex.assert_shape(b["images"], (2, 32, 28, 28, 1))
-        chex.assert_shape(b["labels"], (2, 32))
+        chex.assert_shape(b["images"], (64, 28, 28, 1))
+        chex.assert_shape(b["labels"], (64,))
         assert b["images"].dtype == np.float32 and b["labels"].dtype == np.int32
         assert b["images"].min() >= lo and b["images"].max() <= hi
         # Digits have both background and full ink, so the encoded range is reached at both ends.
@@ -95,7 +96,7 @@ def test_embedded_iterator_shapes_and_encode(sde, lo, hi):
 
 def test_embedded_iterator_deterministic_per_seed():
     def first(seed, n=4):
-        it = data.train_iterator("embedded_mnist", global_batch=32, n_local_devices=2, encode=IDENTITY, seed=seed)
+        it = data.train_iterator("embedded_mnist", host_batch=32, encode=IDENTITY, seed=seed)
         return [next(it) for _ in range(n)]
 
     a, b, c = first(0), first(0), first(1)
@@ -105,7 +106,7 @@ def test_embedded_iterator_deterministic_per_seed():
 
 
 def test_embedded_epochs_visit_each_train_example_once():
-    it = data.train_iterator("embedded_mnist", global_batch=100, n_local_devices=2, encode=IDENTITY, seed=3)
+    it = data.train_iterator("embedded_mnist", host_batch=100, encode=IDENTITY, seed=3)
     want = collections.Counter(_row_keys(*data.load_arrays("embedded_mnist", "train")))
     epoch1, epoch2 = _epoch_keys(it, 45), _epoch_keys(it, 45)  # 4500 / 100
     assert collections.Counter(epoch1) == want
@@ -114,9 +115,9 @@ def test_embedded_epochs_visit_each_train_example_once():
 
 
 def test_embedded_multi_host_shards_partition_train():
-    kw = dict(global_batch=100, n_local_devices=2, encode=IDENTITY, seed=0, process_count=2)
+    kw = dict(host_batch=50, encode=IDENTITY, seed=0, process_count=2)
     its = [data.train_iterator("embedded_mnist", process_index=p, **kw) for p in range(2)]
-    assert next(its[0])["images"].shape == (2, 25, 28, 28, 1)  # 100 / (2 hosts * 2 devices)
+    assert next(its[0])["images"].shape == (50, 28, 28, 1)
     its = [data.train_iterator("embedded_mnist", process_index=p, **kw) for p in range(2)]
     shards = [_epoch_keys(it, 45) for it in its]  # 2250 per host / 50 per host batch
     assert len(set(shards[0])) == len(set(shards[1])) == 2250
@@ -124,26 +125,32 @@ def test_embedded_multi_host_shards_partition_train():
     assert set(shards[0]) | set(shards[1]) == set(_row_keys(*data.load_arrays("embedded_mnist", "train")))
 
 
-def test_batch_not_divisible():
-    with pytest.raises(ValueError, match=r"config\.training\.batch_size=30") as info:
-        data.train_iterator("embedded_mnist", global_batch=30, n_local_devices=4, encode=IDENTITY)
-    assert "4" in str(info.value)
-    with pytest.raises(ValueError, match=r"config\.training\.batch_size=8.*3 \* 2 = 6"):
-        data.train_iterator(
-            "embedded_mnist", global_batch=8, n_local_devices=2, encode=IDENTITY, process_index=0, process_count=3
-        )
+def test_bad_iterator_arguments():
+    with pytest.raises(ValueError, match="host_batch"):
+        data.train_iterator("embedded_mnist", host_batch=0, encode=IDENTITY)
+    with pytest.raises(ValueError, match="process_index=3"):
+        data.train_iterator("embedded_mnist", host_batch=8, encode=IDENTITY, process_index=3, process_count=3)
     with pytest.raises(ValueError, match=r"config\.training\.batch_size"):  # more than one host's shard
-        data.train_iterator("embedded_mnist", global_batch=4600, n_local_devices=2, encode=IDENTITY)
+        data.train_iterator("embedded_mnist", host_batch=4600, encode=IDENTITY)
     with pytest.raises(ValueError, match=r"config\.data\.dataset"):
-        data.train_iterator("svhn", global_batch=8, n_local_devices=2, encode=IDENTITY)
+        data.train_iterator("svhn", host_batch=8, encode=IDENTITY)
 
 
 def test_embedded_path_does_not_import_tensorflow():
     code = (
-        "import sys; from dale_langevin import data; "
-        "next(data.train_iterator('embedded_mnist', global_batch=8, n_local_devices=1, encode=lambda u: u)); "
+        "import sys; from dale_langevin.pipeline import data; "
+        "next(data.train_iterator('embedded_mnist', host_batch=8, encode=lambda u: u)); "
         "data.load_arrays('embedded_mnist', 'test'); "
         "assert 'tensorflow' not in sys.modules and 'tensorflow_datasets' not in sys.modules, 'TF imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_math_layer_imports_no_tensorflow_flax_or_orbax():
+    code = (
+        "import sys; import dale_langevin; "
+        "heavy = [m for m in ('tensorflow', 'flax', 'orbax', 'tensorflow_datasets') if m in sys.modules]; "
+        "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -162,13 +169,18 @@ def test_tfds_iterator_and_arrays_under_mock(tfds, name, tmp_path):
     spec = data.get_spec(name)
     with tfds.testing.mock_data(num_examples=40):
         it = data.train_iterator(
-            name, global_batch=16, n_local_devices=2, encode=GBM().encode, data_dir=str(tmp_path),
-            shuffle_buffer=32, process_index=1, process_count=2,
+            name,
+            host_batch=8,
+            encode=GBM().encode,
+            data_dir=str(tmp_path),
+            shuffle_buffer=32,
+            process_index=1,
+            process_count=2,
         )
         for _ in range(3):  # past one pass of a host's 20 examples: repeat works
             b = next(it)
-            chex.assert_shape(b["images"], (2, 4, *spec.image_shape))
-            chex.assert_shape(b["labels"], (2, 4))
+            chex.assert_shape(b["images"], (8, *spec.image_shape))
+            chex.assert_shape(b["labels"], (8,))
             assert b["images"].dtype == np.float32 and b["labels"].dtype == np.int32
             assert 1.0 <= b["images"].min() and b["images"].max() <= 2.0
             assert 0 <= b["labels"].min() and b["labels"].max() < spec.num_classes
@@ -203,9 +215,7 @@ def test_offline_unprepared_fails_fast(tfds, name, download, tmp_path, monkeypat
     monkeypatch.setattr(data.urllib.request, "getproxies", lambda: {})
     start = time.monotonic()
     with pytest.raises(data.DataUnavailableError) as info:
-        data.train_iterator(
-            name, global_batch=8, n_local_devices=2, encode=IDENTITY, data_dir=str(tmp_path), download=download
-        )
+        data.train_iterator(name, host_batch=8, encode=IDENTITY, data_dir=str(tmp_path), download=download)
     with pytest.raises(data.DataUnavailableError):
         data.load_arrays(name, data_dir=str(tmp_path), download=download)
     assert time.monotonic() - start < 15.0
@@ -231,7 +241,7 @@ def test_unreachable_host_is_detected_before_downloading(tfds, tmp_path, monkeyp
 
 def test_failed_download_becomes_unavailable(tfds, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_download_urls", lambda builder: [])
-    monkeypatch.setattr(data, "_unreachable_host", lambda urls: None)
+    monkeypatch.setattr(data, "unreachable_host", lambda urls: None)
 
     def broken_download(*args, **kwargs):
         raise ConnectionError("Max retries exceeded")  # what requests raises after its retries

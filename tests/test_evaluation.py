@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from dale_langevin.evaluation import class_histogram, nearest_neighbours
-from dale_langevin.images import make_grid
+from dale_langevin.evaluation.evaluate import class_histogram, nearest_neighbours
+from dale_langevin.pipeline.images import make_grid
 
 
 def test_nearest_neighbours_matches_brute_force():

@@ -8,21 +8,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dale_langevin import GBM, LogNormalMixture, fast, ode, recovery_stats, sampling
-from dale_langevin import config as config_lib
+from dale_langevin import GBM, LogNormalMixture, recovery_stats, samplers
+from dale_langevin.pipeline import config as config_lib, generate
+from dale_langevin.samplers import few_step as fast, ode
 
 SDE = GBM()
 DRIFT_SDE = GBM(sigma=0.5, mu=0.2)  # nonzero log drift D(t): exercises the z = y - D(t) shift
 MIXTURE = LogNormalMixture.create([0.3, 0.7], [-0.5, 0.5], [0.1, 0.1])
+SOLVERS = ("ddim", "dpm2m")
 
 
 def _run(sampler, rng, hyv, x_T, sde, **kwargs):
     """``sampler`` compiled as one program (faster than op-by-op dispatch); keyword arguments static."""
-    return jax.jit(functools.partial(sampler, hyv_fn=hyv, sde=sde, **kwargs))(rng, x_T=x_T)
+    return jax.jit(functools.partial(sampler, score_fn=hyv, process=sde, **kwargs))(rng, x_T=x_T)
 
 
 def _ode(hyv, x_T, sde, **kwargs):
-    return jax.jit(functools.partial(ode.ode_sample, hyv, sde=sde, **kwargs))(x_T=x_T)
+    return jax.jit(functools.partial(ode.ode_sample, None, hyv, process=sde, **kwargs))(x_T=x_T)
 
 
 def _assert_recovers(x0):
@@ -38,20 +40,31 @@ def _assert_recovers(x0):
 
 
 # ddim at 50 steps; the second-order dpm2m at 20 (measured: within 0.01 already at 10).
-@pytest.mark.parametrize("solver, sde, eta, n_steps", [("ddim", SDE, 1.0, 50), ("ddim", DRIFT_SDE, 0.5, 50),
-                                                       ("dpm2m", SDE, 1.0, 20), ("dpm2m", DRIFT_SDE, 0.5, 20)],
-                         ids=["ddim-ancestral", "ddim-half-drift", "dpm2m-sde", "dpm2m-half-drift"])
+@pytest.mark.parametrize(
+    "solver, sde, eta, n_steps",
+    [("ddim", SDE, 1.0, 50), ("ddim", DRIFT_SDE, 0.5, 50), ("dpm2m", SDE, 1.0, 20), ("dpm2m", DRIFT_SDE, 0.5, 20)],
+    ids=["ddim-ancestral", "ddim-half-drift", "dpm2m-sde", "dpm2m-half-drift"],
+)
 def test_fast_samplers_recover_the_mixture(solver, sde, eta, n_steps):
     x_T = MIXTURE.sample_marginal(jax.random.key(1), sde, sde.T, (1024, 8))
-    x0 = _run(fast.SAMPLERS[solver], jax.random.key(2), MIXTURE.hyvarinen_fn(sde), x_T, sde, eta=eta, n_steps=n_steps,
-              t_end=1e-3, denoise_steps=1)
+    x0 = _run(
+        samplers.get(solver).fn,
+        jax.random.key(2),
+        MIXTURE.score_fn(sde),
+        x_T,
+        sde,
+        eta=eta,
+        n_steps=n_steps,
+        t_end=1e-3,
+        denoise_steps=1,
+    )
     chex.assert_shape(x0, x_T.shape)
     _assert_recovers(x0)
 
 
 def test_eta_zero_is_dpm1():
     sde = DRIFT_SDE
-    hyv = MIXTURE.hyvarinen_fn(sde)
+    hyv = MIXTURE.score_fn(sde)
     x_T = MIXTURE.sample_marginal(jax.random.key(3), sde, sde.T, (16, 4))
     kw = dict(eta=0.0, n_steps=15, t_end=1e-3, denoise_steps=1)
     ddim = _run(fast.ddim_sample, jax.random.key(4), hyv, x_T, sde, **kw)
@@ -65,18 +78,21 @@ def test_eta_zero_is_dpm1():
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_dpm2m_first_step_is_ddim(eta):
     # One step has no previous estimate: first order, and at eta 0 or 1 the same step as ddim.
-    hyv = MIXTURE.hyvarinen_fn(DRIFT_SDE)
+    hyv = MIXTURE.score_fn(DRIFT_SDE)
     x_T = MIXTURE.sample_marginal(jax.random.key(3), DRIFT_SDE, DRIFT_SDE.T, (16, 4))
     kw = dict(eta=eta, n_steps=1, t_end=0.3, denoise_steps=0)
-    np.testing.assert_allclose(_run(fast.dpm2m_sample, jax.random.key(8), hyv, x_T, DRIFT_SDE, **kw),
-                               _run(fast.ddim_sample, jax.random.key(8), hyv, x_T, DRIFT_SDE, **kw), rtol=1e-5)
+    np.testing.assert_allclose(
+        _run(fast.dpm2m_sample, jax.random.key(8), hyv, x_T, DRIFT_SDE, **kw),
+        _run(fast.ddim_sample, jax.random.key(8), hyv, x_T, DRIFT_SDE, **kw),
+        rtol=1e-5,
+    )
 
 
 def test_dpm2m_is_second_order_on_the_flow():
     # eta = 0: DPM-Solver++(2M) on the probability-flow ODE. Halving the step divides the error by
     # about 4 (measured 3.7), against 2 for dpm1, at one evaluation per step like dpm1.
     x_T = MIXTURE.sample_marginal(jax.random.key(2), SDE, SDE.T, (32, 4))
-    hyv = MIXTURE.hyvarinen_fn(SDE)
+    hyv = MIXTURE.score_fn(SDE)
     ref = jnp.log(_ode(hyv, x_T, SDE, solver="dpm2", n_steps=200, denoise=False))  # error ~1e-5
 
     def error(n):
@@ -92,15 +108,14 @@ def test_dpm2m_is_second_order_on_the_flow():
 
 def test_tweedie_iterations_climb_to_the_mode():
     # Log-normal data N(a, b2) in log space: each update shrinks z - a by b2 / (b2 + v_t) (closed form),
-    # so one update is the posterior mean (ode.tweedie_denoise) and repeated ones approach the mode a.
+    # so one update is the posterior mean (ode.denoised_log) and repeated ones approach the mode a.
     single = LogNormalMixture.create([1.0], [0.3], [0.2])
     sde, t = DRIFT_SDE, 0.2
-    hyv = single.hyvarinen_fn(sde)
+    hyv = single.score_fn(sde)
     x = single.sample_marginal(jax.random.key(9), sde, t, (8, 3))
     y = jnp.log(x)
     iterate = jax.jit(fast.tweedie_iterations, static_argnums=(1, 2, 3, 4))
-    np.testing.assert_allclose(iterate(y, t, hyv, sde, 1),
-                               jnp.log(ode.tweedie_denoise(x, jnp.full((8,), t), hyv, sde)), atol=1e-5)
+    np.testing.assert_allclose(iterate(y, t, hyv, sde, 1), ode.denoised_log(y, jnp.full((8,), t), hyv, sde), atol=1e-5)
     shrink = 0.04 / (0.04 + float(sde.log_var(t)))
     z = y - float(sde.log_drift(t))
     np.testing.assert_allclose(iterate(y, t, hyv, sde, 3), 0.3 + (z - 0.3) * shrink**3, rtol=1e-4, atol=1e-5)
@@ -142,8 +157,17 @@ def test_intermediate_marginal_matches_closed_form(eta):
     sde, n_steps, k = DRIFT_SDE, 40, 25
     single = LogNormalMixture.create([1.0], [0.3], [0.2])
     x_T = single.sample_marginal(jax.random.key(6), sde, sde.T, (4096, 8))
-    _, traj = jax.jit(functools.partial(fast.ddim_sample, hyv_fn=single.hyvarinen_fn(sde), sde=sde, eta=eta, t_end=1e-3,
-                                        n_steps=n_steps, return_trajectory=True))(jax.random.key(7), x_T=x_T)
+    _, traj = jax.jit(
+        functools.partial(
+            fast.ddim_sample,
+            score_fn=single.score_fn(sde),
+            process=sde,
+            eta=eta,
+            t_end=1e-3,
+            n_steps=n_steps,
+            return_trajectory=True,
+        )
+    )(jax.random.key(7), x_T=x_T)
     chex.assert_shape(traj, (n_steps, 4096, 8))
     ts = ode.ode_time_grid(sde, n_steps, 1e-3)
     t = ts[k + 1]  # the state after step k
@@ -161,44 +185,63 @@ def test_intermediate_marginal_matches_closed_form(eta):
     assert abs(float(jnp.var(jnp.log(x_T))) - exact_var) > 50 * 4 * chain_var * np.sqrt(2 / n)
 
 
-@pytest.mark.parametrize("solver", fast.SOLVERS)
-@pytest.mark.parametrize("kwargs, message", [(dict(eta=1.5), "eta"), (dict(eta=-0.1), "eta"), (dict(eta=float("nan")), "eta"),
-                                             (dict(n_steps=0), "n_steps"), (dict(n_steps=2.0), "n_steps"),
-                                             (dict(denoise_steps=-1), "denoise_steps"), (dict(t_end=0.0), "t_end"),
-                                             (dict(spacing="cosine"), "spacing")])
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(eta=1.5), "eta"),
+        (dict(eta=-0.1), "eta"),
+        (dict(eta=float("nan")), "eta"),
+        (dict(n_steps=0), "n_steps"),
+        (dict(n_steps=2.0), "n_steps"),
+        (dict(denoise_steps=-1), "denoise_steps"),
+        (dict(t_end=0.0), "t_end"),
+        (dict(spacing="cosine"), "spacing"),
+    ],
+)
 def test_bad_arguments(solver, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        fast.SAMPLERS[solver](jax.random.key(0), MIXTURE.hyvarinen_fn(SDE), jnp.ones((2, 2)), SDE, **kwargs)
+        samplers.get(solver).fn(jax.random.key(0), MIXTURE.score_fn(SDE), jnp.ones((2, 2)), SDE, **kwargs)
 
 
-def _config(**overrides):
+def _config(method="ddim", **settings):
     c = config_lib.default_config()
     c.data.dataset = "embedded_mnist"
-    c.sampling.method = "ddim"
-    for key, value in overrides.items():
-        c.sampling[key] = value
+    c.sampling.method = method
+    c.sampling[method].update(settings)
     return c
 
 
-@pytest.mark.parametrize("method", fast.SOLVERS)
+@pytest.mark.parametrize("method", SOLVERS)
 def test_config_accepts_fast_samplers_and_counts_evaluations(method):
-    c = _config(method=method, eta=0.5, n_steps=40, fast_denoise_steps=10)
+    c = _config(method, eta=0.5, n_steps=40, denoise_steps=10)
     config_lib.validate(c)
-    assert sampling.network_evaluations(c) == 50 == fast.network_evaluations(40, 10)
-    assert sampling.network_evaluations(c, n_steps=15) == 25
+    assert generate.network_evaluations(c) == 50 == fast.network_evaluations(n_steps=40, denoise_steps=10)
+    assert generate.network_evaluations(c, {"n_steps": 15}) == 25
 
 
-@pytest.mark.parametrize("field, value", [("eta", 1.01), ("eta", -0.5), ("fast_t_end", 0.0), ("fast_t_end", 1.0),
-                                          ("fast_denoise_steps", -1), ("n_steps", 0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("eta", 1.01),
+        ("eta", -0.5),
+        ("t_end", 0.0),
+        ("t_end", 1.0),
+        ("denoise_steps", -1),
+        ("n_steps", 0),
+        ("spacing", "cosine"),
+    ],
+)
 def test_config_errors_name_the_field(field, value):
-    with pytest.raises(ValueError, match=rf"config\.sampling\.{field}"):
+    with pytest.raises(ValueError, match=rf"config\.sampling\.ddim\.{field}"):
         config_lib.validate(_config(**{field: value}))
 
 
 def test_generate_runs_the_fast_samplers():
     # The pipeline path, pmapped over the test's 2 host devices, with a tiny U-Net and random weights
     # (numpy draws: no per-leaf compiles). Same key, so the same starts for every run below.
-    c = _config(n_steps=3, batch_size=4)
+    c = _config(n_steps=3)
+    c.sampling.batch_size = 4
     c.model.update(channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
     config_lib.validate(c)
     process, model = config_lib.make_process(c), config_lib.make_model(c)
@@ -207,27 +250,33 @@ def test_generate_runs_the_fast_samplers():
     leaves, treedef = jax.tree.flatten(like)
     draw = np.random.default_rng(0)
     params = jax.tree.unflatten(treedef, [(0.05 * draw.standard_normal(a.shape)).astype(a.dtype) for a in leaves])
-    stats = dict(pixel_loc=np.zeros(shape, np.float32), pixel_scale=np.ones(shape, np.float32),
-                 scalar_loc=np.float32(0.0), scalar_scale=np.float32(1.0), class_means=np.ones((10, *shape), np.float32))
+    stats = dict(
+        pixel_loc=np.zeros(shape, np.float32),
+        pixel_scale=np.ones(shape, np.float32),
+        scalar_loc=np.float32(0.0),
+        scalar_scale=np.float32(1.0),
+        class_means=np.ones((10, *shape), np.float32),
+    )
 
-    def raw(**overrides):
-        c.sampling.update(overrides)
-        images, raw, labels = sampling.generate(c, process, model, params, stats, jax.random.key(1), 6)
+    def raw(method, **settings):
+        c.sampling.method = method
+        c.sampling[method].update(settings)
+        images, raw, labels = generate.generate(c, process, model, params, stats, jax.random.key(1), 6)
         chex.assert_shape((images, raw), (6, *shape))
         chex.assert_tree_all_finite(raw)
         assert np.all(raw > 0) and images.min() >= 0 and images.max() <= 1 and np.all(labels == -1)
         return raw
 
-    # ddim at eta 0 with one Tweedie step is the ODE's dpm1: equal only if eta, fast_t_end and
-    # fast_denoise_steps all reach the sampler (the defaults are 1, 5e-3 and 10).
-    ddim = raw(method="ddim", eta=0.0, fast_t_end=0.02, fast_denoise_steps=1)
-    dpm1 = raw(method="ode", ode_solver="dpm1", ode_t_end=0.02)
+    # ddim at eta 0 with one Tweedie step is the ODE's dpm1: equal only if eta, t_end and
+    # denoise_steps all reach the sampler (the defaults are 1, 5e-3 and 10).
+    ddim = raw("ddim", eta=0.0, t_end=0.02, denoise_steps=1)
+    dpm1 = raw("ode", solver="dpm1", n_steps=3, t_end=0.02)
     np.testing.assert_allclose(np.log(ddim), np.log(dpm1), atol=2e-5)
 
     # A second call with the same settings reuses the compiled sampler (no new trace) and repeats the draw.
-    before = sampling._pmapped_sampler.cache_info()
-    np.testing.assert_array_equal(raw(method="ode", ode_solver="dpm1", ode_t_end=0.02), dpm1)
-    after = sampling._pmapped_sampler.cache_info()
+    before = generate._pmapped_sampler.cache_info()
+    np.testing.assert_array_equal(raw("ode", solver="dpm1", n_steps=3, t_end=0.02), dpm1)
+    after = generate._pmapped_sampler.cache_info()
     assert (after.hits, after.misses) == (before.hits + 1, before.misses)
 
 

@@ -87,7 +87,7 @@ def test_perturb_matches_kernel_moments(name):
 
 
 @pytest.mark.parametrize("name", list(SCHEDULES))
-def test_cond_hyvarinen_is_x_times_grad_of_kernel_log_density(name):
+def test_cond_score_is_x_times_grad_of_kernel_log_density(name):
     sde = SCHEDULES[name]
     keys = jax.random.split(jax.random.key(4), 3)
     x0 = jax.random.uniform(keys[0], (5, 3, 2), minval=1.0, maxval=2.0)
@@ -99,7 +99,7 @@ def test_cond_hyvarinen_is_x_times_grad_of_kernel_log_density(name):
         return jnp.sum(prior.log_prob(x))
 
     h_autodiff = x_t * jax.grad(kernel_log_density)(x_t)
-    h = sde.cond_hyvarinen(x_t, x0, t)
+    h = sde.cond_score(x_t, x0, t)
     chex.assert_shape(h, x0.shape)
     np.testing.assert_allclose(h, h_autodiff, rtol=2e-4, atol=2e-4)
     # Same density from scipy's independent log-normal (guards the shared prior code).

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from dale_langevin import hostmem
+from dale_langevin.cpu import hostmem
 
 _GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -19,7 +19,7 @@ _GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 # call maps fresh pages and faults them in (16,384 faults of 4 KiB), then unmaps them on free.
 _PROBE = """
 import json, sys
-from dale_langevin import hostmem
+from dale_langevin.cpu import hostmem
 record = hostmem.configure(sys.argv[1])
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: x * 2.0 + 1.0)
@@ -39,8 +39,13 @@ print(json.dumps({"record": record, "faults": sorted(faults)[3]}))
 
 
 def _probe(mode: str, **env) -> dict:
-    out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu", **env})
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -56,8 +61,11 @@ def test_retain_removes_the_page_faults_of_fresh_buffers():
 def test_auto_keeps_glibc_defaults_when_an_accelerator_is_configured(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
     assert hostmem.accelerator_plugin_installed()
-    assert hostmem.configure("auto") == {"mode": "auto", "applied": False,
-                                         "reason": "accelerator plugin installed: host defaults kept"}
+    assert hostmem.configure("auto") == {
+        "mode": "auto",
+        "applied": False,
+        "reason": "accelerator plugin installed: host defaults kept",
+    }
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     assert not hostmem.accelerator_plugin_installed()
 

@@ -9,7 +9,6 @@ producer version 5), a ReLU and an average pool named ``pool_3``.
 
 import functools
 import http.server
-import importlib.util
 import io
 import json
 import os
@@ -23,11 +22,11 @@ import chex
 import numpy as np
 import pytest
 
-from dale_langevin import config as config_lib, data, evaluation, inception
+from dale_langevin.evaluation import evaluate as evaluation, inception
+from dale_langevin.pipeline import config as config_lib, data
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFUSED_URL = "http://127.0.0.1:9/inception-2015-12-05.tgz"  # discard port: connection refused at once
-
 
 
 def synthetic_graph_def(pool_name: str = "pool_3"):
@@ -43,8 +42,10 @@ def synthetic_graph_def(pool_name: str = "pool_3"):
         x = tf.multiply(tf.subtract(x, 128.0, name="Sub"), 1.0 / 128.0, name="Mul")
         w = tf.constant(rng.normal(scale=0.3, size=(3, 3, 3, 2048)).astype(np.float32))
         conv = tf.nn.conv2d(x, w, 1, "VALID", name="conv")
-        stats = [tf.constant(rng.uniform(0.5, 1.5, 2048).astype(np.float32), name=f"conv/{n}")
-                 for n in ("mean", "variance", "beta", "gamma")]
+        stats = [
+            tf.constant(rng.uniform(0.5, 1.5, 2048).astype(np.float32), name=f"conv/{n}")
+            for n in ("mean", "variance", "beta", "gamma")
+        ]
         h = tf.nn.relu(tf.identity(conv, name="conv/batchnorm"))  # made a BatchNormWithGlobalNormalization below
         pool = tf.nn.avg_pool2d(h, 10, 1, "VALID", name=pool_name)
         tf.reshape(pool, [1, 2048], name=f"{pool_name}/_reshape")  # the real graph's batch-1 reshape
@@ -127,12 +128,15 @@ def test_preprocessing_matches_the_graph_fed_by_hand(weights, net):
     np.testing.assert_array_equal(levels[0, 0], [[0, 0, 0], [128, 128, 128], [255, 255, 255]])
 
 
-@pytest.mark.parametrize("images, match", [
-    (np.full((2, 8, 8, 1), 1.5, np.float32), r"\[0, 1\]"),
-    (np.full((2, 8, 8, 1), np.nan, np.float32), "finite"),
-    (np.zeros((2, 8, 8, 2), np.float32), "C = 1 or 3"),
-    (np.zeros((8, 8, 1), np.float32), "C = 1 or 3"),
-])
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        (np.full((2, 8, 8, 1), 1.5, np.float32), r"\[0, 1\]"),
+        (np.full((2, 8, 8, 1), np.nan, np.float32), "finite"),
+        (np.zeros((2, 8, 8, 2), np.float32), "C = 1 or 3"),
+        (np.zeros((8, 8, 1), np.float32), "C = 1 or 3"),
+    ],
+)
 def test_bad_images_raise(images, match):
     with pytest.raises(ValueError, match=match):
         inception.inception_features(lambda b: np.zeros((len(b), inception.FEATURE_DIM)), images)
@@ -193,19 +197,27 @@ def test_download_is_cached(weights, tmp_path, monkeypatch):
     again = inception.load_inception(None, url=REFUSED_URL, cache_dir=str(tmp_path / "cache"), allow_download=False)
     assert again.weights == cached
     x = _images(2, 1, seed=7)
-    _assert_close_features(inception.inception_features(again, x), direct_features(synthetic_graph_def(), np.repeat(np.round(x * 255), 3, -1)))
+    _assert_close_features(
+        inception.inception_features(again, x),
+        direct_features(synthetic_graph_def(), np.repeat(np.round(x * 255), 3, -1)),
+    )
 
 
 # -- config and --mode=eval ------------------------------------------------------------------------
 
+
 def eval_config(**overrides):
     """The demo config with a 1-epoch classifier and few KID subsets; Inception fields from ``overrides``."""
-    spec = importlib.util.spec_from_file_location("cfg_demo", ROOT / "configs" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
-    c.update_from_flattened_dict({"eval.classifier_epochs": 1, "eval.kid_subsets": 4, "eval.n_nearest": 4,
-                                  "eval.inception_url": REFUSED_URL, **overrides})
+    c = config_lib.load_config_file(ROOT / "configs" / "demo.py")
+    c.update_from_flattened_dict(
+        {
+            "eval.classifier_epochs": 1,
+            "eval.kid_subsets": 4,
+            "eval.n_nearest": 4,
+            "eval.inception_url": REFUSED_URL,
+            **overrides,
+        }
+    )
     return c
 
 
@@ -242,8 +254,9 @@ def test_eval_auto_without_weights_reports_why_and_keeps_offline_metrics(eval_wo
 
 
 def test_eval_with_configured_weights(eval_workdir, weights, no_cache):
-    result = evaluation.evaluate(eval_config(**{"eval.inception_path": weights["tgz"], "eval.inception": "on"}),
-                                 eval_workdir, log=lambda _: None)
+    result = evaluation.evaluate(
+        eval_config(**{"eval.inception_path": weights["tgz"], "eval.inception": "on"}), eval_workdir, log=lambda _: None
+    )
     i = json.load(open(os.path.join(eval_workdir, "eval.json")))["inception"]
     assert i["status"] == "ok" and i["weights"] == weights["tgz"] and i == result["inception"]
     assert 0 <= i["fid"] < 1e-6  # the FID of a feature set with itself: samples are the test split

@@ -25,6 +25,10 @@ def test_script_parses(script):
 
 def test_scripts_fail_early_without_required_settings(tmp_path):
     # tpu_create.sh needs PROJECT; it must stop with a clear message before calling gcloud.
-    result = subprocess.run(["bash", str(SCRIPTS[0].parent / "tpu_create.sh")], capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    result = subprocess.run(
+        ["bash", str(SCRIPTS[0].parent / "tpu_create.sh")],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert result.returncode != 0 and "PROJECT" in result.stderr

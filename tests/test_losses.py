@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dale_langevin import GBM, VESDE, VPSDE, LogNormalMixture, dsm_per_example, mdsm_loss, mdsm_per_example, mesm_loss
+from dale_langevin import GBM, VESDE, VPSDE, LogNormalMixture, dsm_per_example, mesm_loss
 from dale_langevin.losses import dsm_loss, network_score_fn, sample_time
 
 
@@ -32,10 +32,8 @@ def test_published_per_example_formula():
     x0, t, x_t = _batch(sde, jax.random.key(1))
     h = jax.random.normal(jax.random.key(2), x0.shape)
     tt = t[:, None, None, None]
-    ref = jnp.sum(
-        (0.49 * tt * h + jnp.log(x_t / x0) - (0.1 - 1.5 * 0.49) * tt) ** 2, axis=(1, 2, 3)
-    )
-    np.testing.assert_allclose(mdsm_per_example(h, x_t, x0, t, sde), ref, rtol=1e-4, atol=1e-5)
+    ref = jnp.sum((0.49 * tt * h + jnp.log(x_t / x0) - (0.1 - 1.5 * 0.49) * tt) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(dsm_per_example(h, x_t, x0, t, sde, "published"), ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("sde", [GBM(), VESDE(), VPSDE()])
@@ -71,7 +69,7 @@ def test_mdsm_minus_mesm_is_the_same_constant_for_two_predictors():
     n = 200_000
     k0, k1, k2 = jax.random.split(jax.random.key(4), 3)
     x0 = mixture.sample(k0, (n, 1))
-    t = sample_time(k1, n, sde, "grid", n_steps=1000)
+    t = sample_time(k1, n, sde, "grid", n_time_levels=1000)
     x_t = sde.perturb(k2, x0, t)
     h_true = mixture.hyvarinen(x_t, sde, t)
     y = jnp.log(x_t)
@@ -81,8 +79,8 @@ def test_mdsm_minus_mesm_is_the_same_constant_for_two_predictors():
     }
     gaps, losses = {}, {}
     for name, h in predictors.items():
-        dsm = mdsm_per_example(h, x_t, x0, t, sde)
-        esm = jax.vmap(lambda *a: mesm_loss(*a, sde=sde))(h[:, None], h_true[:, None], x_t[:, None], t[:, None])
+        dsm = dsm_per_example(h, x_t, x0, t, sde, "published")
+        esm = jax.vmap(lambda *a: mesm_loss(*a, process=sde))(h[:, None], h_true[:, None], x_t[:, None], t[:, None])
         gaps[name] = np.asarray(dsm - esm, np.float64)
         losses[name] = np.asarray(dsm, np.float64)
     # Per sample, the gap difference is -2 lambda (h_near - h_far)(h_cond - h_true): zero mean.
@@ -104,7 +102,7 @@ def test_mesm_zero_at_truth_and_weighted():
 
 def test_sample_time_grid_and_uniform():
     sde = GBM(T=2.0)
-    t = sample_time(jax.random.key(5), 4096, sde, "grid", n_steps=10)
+    t = sample_time(jax.random.key(5), 4096, sde, "grid", n_time_levels=10)
     k = np.asarray(t) * 10 / 2.0
     np.testing.assert_allclose(k, np.round(k), atol=1e-5)
     assert set(np.round(k).astype(int)) == set(range(1, 10))
@@ -121,12 +119,11 @@ def test_mdsm_loss_is_jittable_and_differentiable():
     x0 = sde.encode(jax.random.uniform(jax.random.key(7), (8, 4, 4, 1)))
 
     def loss(theta, rng):  # a one-parameter noise predictor
-        return mdsm_loss(rng, network_score_fn(lambda inp, level: theta * inp, sde), x0, sde, weighting="noise")
+        return dsm_loss(rng, network_score_fn(lambda inp, level: theta * inp, sde), x0, sde, weighting="noise")
 
     value, grad = jax.jit(jax.value_and_grad(loss))(0.3, jax.random.key(8))
     chex.assert_shape(value, ())
     chex.assert_tree_all_finite((value, grad))
-    assert dsm_loss is mdsm_loss
     # Finite-difference check of the gradient (same rng, so the same t and x_t).
     fd = (loss(0.3 + 1e-2, jax.random.key(8)) - loss(0.3 - 1e-2, jax.random.key(8))) / 2e-2
     np.testing.assert_allclose(grad, fd, rtol=1e-2)

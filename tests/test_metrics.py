@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from dale_langevin import metrics
+from dale_langevin.evaluation import metrics
 
 
 def _random_spd(rng: np.random.Generator, d: int) -> np.ndarray:
@@ -85,8 +85,14 @@ def test_fid_of_large_gaussian_samples_matches_closed_form():
     # off-diagonal covariance entries vanishes there) the estimate's std is sqrt(sum_i [4 dmu_i^2 (s1_i + s2_i)
     # + 2 s1_i^2 (1 - sqrt(s2_i/s1_i))^2 + 2 s2_i^2 (1 - sqrt(s1_i/s2_i))^2] / n), about 0.014 here (matches
     # the spread over seeds); its bias is O(tr(S1 + S2) / n) ~ 1e-4. Allow 5 std + that bias.
-    var = np.sum(4 * (mu1 - mu2) ** 2 * (s1 + s2) + 2 * s1**2 * (1 - np.sqrt(s2 / s1)) ** 2
-                 + 2 * s2**2 * (1 - np.sqrt(s1 / s2)) ** 2) / n
+    var = (
+        np.sum(
+            4 * (mu1 - mu2) ** 2 * (s1 + s2)
+            + 2 * s1**2 * (1 - np.sqrt(s2 / s1)) ** 2
+            + 2 * s2**2 * (1 - np.sqrt(s1 / s2)) ** 2
+        )
+        / n
+    )
     tol = 5 * np.sqrt(var) + np.sum(s1 + s2) / n
     assert abs(metrics.fid(a, b) - exact) < tol
     assert tol < 0.03 * exact  # the check is meaningful: a few percent of the value
@@ -117,14 +123,14 @@ def test_fid_symmetric_nonnegative_and_translation_identities():
 
 def _biased_mmd2(x, y):
     """The V-statistic (all pairs including i == j); E >= population MMD^2 + O(1/n)."""
-    k = lambda u, v: (u @ v.T / u.shape[1] + 1.0) ** 3  # noqa: E731
+    k = lambda u, v: (u @ v.T / u.shape[1] + 1.0) ** 3
     return k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean()
 
 
 def test_mmd2_unbiased_matches_its_definition():
     rng = np.random.default_rng(6)
     x, y = rng.normal(size=(5, 3)), rng.normal(size=(7, 3)) + 0.3
-    k = lambda u, v: (np.dot(u, v) / 3 + 1.0) ** 3  # noqa: E731
+    k = lambda u, v: (np.dot(u, v) / 3 + 1.0) ** 3
     xx = sum(k(x[i], x[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
     yy = sum(k(y[i], y[j]) for i in range(7) for j in range(7) if i != j) / (7 * 6)
     xy = sum(k(x[i], y[j]) for i in range(5) for j in range(7)) / (5 * 7)
@@ -176,7 +182,8 @@ def test_kid_deterministic_for_a_seed_and_consistent_with_mmd2():
     np.testing.assert_allclose(mean, full, rtol=1e-9, atol=1e-12)
     assert std < 1e-9 * max(1.0, abs(full))
     assert metrics.kid(small_a, small_b, n_subsets=5, subset_size=1000) == metrics.kid(
-        small_a, small_b, n_subsets=5, subset_size=30)
+        small_a, small_b, n_subsets=5, subset_size=30
+    )
 
 
 # ----------------------------------------------------------------------------- errors

@@ -1,7 +1,6 @@
 """The quickstart notebook runs top to bottom (small sizes) against a tiny trained run and prints sound numbers."""
 
 import concurrent.futures
-import importlib.util
 import os
 import pathlib
 import re
@@ -10,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from dale_langevin import train
+from dale_langevin.pipeline import config as config_lib, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
@@ -21,10 +20,7 @@ REPORT = re.compile(r"^(\w+)\s+log-mean (\S+) \(data (\S+)\)\s+log-std (\S+) \(d
 
 def tiny_config():
     """The demo config with the tiny sizes of tests/test_train.py, trained for two steps."""
-    spec = importlib.util.spec_from_file_location("cfg_demo", ROOT / "configs" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = config_lib.load_config_file(ROOT / "configs" / "demo.py")
     c.model.channels = 8
     c.model.channel_mult = (1, 2)
     c.training.batch_size = 8
@@ -32,8 +28,8 @@ def tiny_config():
     c.training.log_every = c.training.ckpt_every = TRAIN_STEPS
     c.training.sample_every = 0
     c.optim.warmup_steps = 2
-    c.sampling.n_steps = 5
-    c.sampling.denoise_steps = 2
+    c.sampling.dale_langevin.n_steps = 5
+    c.sampling.dale_langevin.denoise_steps = 2
     c.sampling.batch_size = 4
     return c
 
@@ -65,8 +61,13 @@ def executed(tmp_path_factory):
         nb = nbformat.read(NOTEBOOK, as_version=4)
         # The kernel is a new process: os.environ carries conftest's XLA_FLAGS (2 forced host devices) to it.
         env = dict(os.environ, DALE_NB_SMALL="1", DALE_WORKDIR=workdir)
-        client = NotebookClient(nb, kernel_name="python3", timeout=300, on_cell_start=wait_for_run,
-                                resources={"metadata": {"path": str(tmp_path_factory.mktemp("cwd"))}})
+        client = NotebookClient(
+            nb,
+            kernel_name="python3",
+            timeout=300,
+            on_cell_start=wait_for_run,
+            resources={"metadata": {"path": str(tmp_path_factory.mktemp("cwd"))}},
+        )
         client.execute(env=env)  # raises CellExecutionError naming the cell if any cell fails
     return nb, workdir
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from dale_langevin import GBM, LogNormalMixture, LogNormalPrior, recovery_stats
-from dale_langevin import ode
+from dale_langevin.samplers import ode
 
 SDE = GBM()
 MIXTURE = LogNormalMixture.create([0.3, 0.7], [-0.5, 0.5], [0.1, 0.1])
-HYV = MIXTURE.hyvarinen_fn(SDE)
+HYV = MIXTURE.score_fn(SDE)
 
 
 @pytest.mark.parametrize("sde", [GBM(), GBM(sigma=0.3, mu=0.1, schedule="linear", sigma_end=1.2)])
@@ -23,7 +23,11 @@ def test_time_from_log_var_inverts_log_var(sde):
     grid = ode.ode_time_grid(sde, 8, 1e-3)
     chex.assert_shape(grid, (9,))
     assert float(grid[0]) == sde.T and float(grid[-1]) == pytest.approx(1e-3)
-    np.testing.assert_allclose(np.diff(np.log(np.asarray(sde.noise_std(grid)))), np.log(sde.noise_std(1e-3) / sde.noise_std(sde.T)) / 8, rtol=1e-3)
+    np.testing.assert_allclose(
+        np.diff(np.log(np.asarray(sde.noise_std(grid)))),
+        np.log(sde.noise_std(1e-3) / sde.noise_std(sde.T)) / 8,
+        rtol=1e-3,
+    )
 
 
 def test_flow_drift_matches_hyvarinen_and_noise_forms():
@@ -40,7 +44,7 @@ def test_flow_drift_matches_hyvarinen_and_noise_forms():
 @pytest.mark.parametrize("solver, n_steps", [("euler", 200), ("heun", 25), ("dpm1", 50), ("dpm2", 12)])
 def test_ode_samplers_recover_the_mixture(solver, n_steps):
     x_T = MIXTURE.sample_marginal(jax.random.key(1), SDE, SDE.T, (1024, 8))
-    run = jax.jit(functools.partial(ode.ode_sample, HYV, sde=SDE, solver=solver, n_steps=n_steps))
+    run = jax.jit(functools.partial(ode.ode_sample, None, HYV, process=SDE, solver=solver, n_steps=n_steps))
     x0 = run(x_T=x_T)
     chex.assert_tree_all_finite(x0)
     stats = recovery_stats(x0, MIXTURE)
@@ -50,14 +54,14 @@ def test_ode_samplers_recover_the_mixture(solver, n_steps):
     np.testing.assert_array_less(np.abs(stats["weights"] - w), 4 * np.sqrt(w * (1 - w) / n) + 0.01)
     np.testing.assert_array_less(np.abs(stats["log_means"] - m), 4 * s / np.sqrt(w * n) + 0.01)
     np.testing.assert_array_less(np.abs(stats["log_stds"] - s), 4 * s / np.sqrt(2 * w * n) + 0.01)
-    assert ode.network_evaluations(solver, n_steps) == n_steps * ode.EVALS_PER_STEP[solver] + 1
+    assert ode.network_evaluations(solver=solver, n_steps=n_steps) == n_steps * ode.EVALS_PER_STEP[solver] + 1
 
 
 @pytest.fixture(scope="module")
 def convergence():
     """Mean |log x - log x_ref| after 10, 20 and 40 steps of each solver (log_std grid, no denoising)."""
     x_T = MIXTURE.sample_marginal(jax.random.key(2), SDE, SDE.T, (64, 4))
-    solve = lambda solver, n: jnp.log(ode.ode_sample(HYV, x_T, SDE, solver=solver, n_steps=n, denoise=False))  # noqa: E731
+    solve = lambda solver, n: jnp.log(ode.ode_sample(None, HYV, x_T, SDE, solver=solver, n_steps=n, denoise=False))
     ref = solve("dpm2", 800)
     return {s: [float(jnp.mean(jnp.abs(solve(s, n) - ref))) for n in (10, 20, 40)] for s in ode.SOLVERS}
 
@@ -76,14 +80,16 @@ def test_second_order_beats_first_order_at_equal_evaluations(convergence):
     assert convergence["heun"][0] < convergence["euler"][1]
 
 
-def test_tweedie_denoise_is_the_posterior_mean_in_log_space():
+def test_denoised_log_is_the_posterior_mean_in_log_space():
     # For log-normal data the posterior of log X_0 given X_t is Gaussian with a known mean.
     single = LogNormalMixture.create([1.0], [0.3], [0.2])
     t = jnp.full((5,), 0.2)
     x = single.sample_marginal(jax.random.key(3), SDE, 0.2, (5, 2))
     v0, vt = 0.04, float(SDE.log_var(0.2))
     post_mean = 0.3 + v0 / (v0 + vt) * (jnp.log(x) - 0.3)
-    np.testing.assert_allclose(jnp.log(ode.tweedie_denoise(x, t, single.hyvarinen_fn(SDE), SDE)), post_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        ode.denoised_log(jnp.log(x), t, single.score_fn(SDE), SDE), post_mean, rtol=1e-4, atol=1e-5
+    )
 
 
 def _exact_log_density(x, mixture, sde, t):
@@ -102,7 +108,7 @@ def test_likelihood_matches_closed_form(sde):
         def log_prob(x):
             return prior_T.log_prob(x, sde, 0.0)
 
-    hyv = mixture.hyvarinen_fn(sde)
+    hyv = mixture.score_fn(sde)
     t_min = 1e-3
     exact = _exact_log_density(x0, mixture, sde, t_min)
     # Heun on 100 steps: measured max error 0.005 nats at 120 steps, second order in the steps.
@@ -119,14 +125,21 @@ def test_likelihood_with_fitted_prior_and_bits_per_dim():
     x0 = single.sample(jax.random.key(6), (16, 4))
     m_T, v_T = single.marginal(SDE, SDE.T)
     prior = LogNormalPrior(m_T[0], jnp.sqrt(v_T[0]))  # a single log-normal is its own exact prior
-    est = ode.log_likelihood(None, single.hyvarinen_fn(SDE), x0, SDE, prior, n_steps=40)
+    est = ode.log_likelihood(None, single.score_fn(SDE), x0, SDE, prior, n_steps=40)
     np.testing.assert_allclose(est, _exact_log_density(x0, single, SDE, 1e-3), atol=0.05)
     bpd = ode.bits_per_dim(est, 4)
     np.testing.assert_allclose(bpd, -(est - 4 * np.log(255.0)) / (4 * np.log(2.0)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(solver="rk45"), "solver"), (dict(t_end=0.0), "t_end"),
-                                             (dict(n_steps=0), "n_steps"), (dict(spacing="cosine"), "spacing")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(solver="rk45"), "solver"),
+        (dict(t_end=0.0), "t_end"),
+        (dict(n_steps=0), "n_steps"),
+        (dict(spacing="cosine"), "spacing"),
+    ],
+)
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        ode.ode_sample(HYV, jnp.ones((2, 2)), SDE, **kwargs)
+        ode.ode_sample(None, HYV, jnp.ones((2, 2)), SDE, **kwargs)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dale_langevin import GBM, VESDE, VPSDE, LogNormalMixture, recovery_stats, sample
-from dale_langevin.samplers import (
+from dale_langevin.samplers.sde import (
     dale_langevin_update,
     euler_maruyama_update,
     sign_agnostic_update,
@@ -25,10 +25,10 @@ def _exact_hyv(x, t):
     return MIXTURE.hyvarinen(x, SDE, t)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _recovered(method: str, n_steps: int):
     x_T = MIXTURE.sample_marginal(jax.random.key(0), SDE, SDE.T, SHAPE)
-    run = jax.jit(functools.partial(sample, hyv_fn=_exact_hyv, sde=SDE, method=method, n_steps=n_steps))
+    run = jax.jit(functools.partial(sample, score_fn=_exact_hyv, process=SDE, method=method, n_steps=n_steps))
     return run(jax.random.key(1), x_T=x_T)
 
 
@@ -95,7 +95,7 @@ def _reference_loop(rng, hyv_fn, x, sde, method, n_steps, step_size, n_inner, no
     """Plain Python loop with the documented semantics, for comparison with the scan."""
     update = {"dale_langevin": dale_langevin_update, "sign_agnostic": sign_agnostic_update}[method]
     levels = np.asarray(time_grid(sde, n_steps))
-    tb = lambda t: jnp.full((x.shape[0],), t, jnp.float32)  # noqa: E731
+    tb = lambda t: jnp.full((x.shape[0],), t, jnp.float32)
     for i, t in enumerate(levels):
         for j in range(n_inner):
             z = noise_decay**i * jax.random.normal(jax.random.fold_in(jax.random.fold_in(rng, i), j), x.shape)
@@ -133,7 +133,7 @@ def test_network_evaluations_and_trajectory():
 
 def test_jit_and_eager_agree():
     x_T = MIXTURE.sample_marginal(jax.random.key(6), SDE, SDE.T, (32, 4))
-    run = functools.partial(sample, hyv_fn=_exact_hyv, sde=SDE, n_steps=50, n_inner=2)
+    run = functools.partial(sample, score_fn=_exact_hyv, process=SDE, n_steps=50, n_inner=2)
     np.testing.assert_allclose(jax.jit(run)(jax.random.key(7), x_T=x_T), run(jax.random.key(7), x_T=x_T), rtol=1e-5)
 
 
@@ -141,7 +141,7 @@ def test_pmap_gives_distinct_per_device_samples(n_devices):
     assert n_devices >= 2, "conftest forces 2 host devices"
     x_T = jnp.broadcast_to(MIXTURE.sample_marginal(jax.random.key(8), SDE, SDE.T, (8, 4)), (n_devices, 8, 4))
     keys = jax.random.split(jax.random.key(9), n_devices)
-    run = functools.partial(sample, hyv_fn=_exact_hyv, sde=SDE, n_steps=20)
+    run = functools.partial(sample, score_fn=_exact_hyv, process=SDE, n_steps=20)
     out = jax.pmap(run)(keys, x_T=x_T)
     chex.assert_shape(out, (n_devices, 8, 4))
     assert not np.allclose(out[0], out[1])  # same start, per-device noise
@@ -151,8 +151,8 @@ def test_pmap_gives_distinct_per_device_samples(n_devices):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(method="euler_maruyama"), "method for GBM"),
-        (dict(method="ddim"), "method for GBM"),
+        (dict(method="euler_maruyama"), "supports processes"),
+        (dict(method="nonsense"), "unknown sampler"),
         (dict(n_steps=0), "n_steps"),
         (dict(n_steps=10.0), "n_steps"),
         (dict(n_inner=0), "n_inner"),
@@ -179,7 +179,7 @@ def test_additive_euler_maruyama_recovers_gaussian(sde):
 
     mean_T, var_T = sde.push_forward_moments(m0, s0**2, sde.T)
     x_T = mean_T + jnp.sqrt(var_T) * jax.random.normal(jax.random.key(10), (4096, 2))
-    x0 = jax.jit(functools.partial(sample, hyv_fn=score, sde=sde, method="euler_maruyama", n_steps=500))(
+    x0 = jax.jit(functools.partial(sample, score_fn=score, process=sde, method="euler_maruyama", n_steps=500))(
         jax.random.key(11), x_T=x_T
     )
     n = x0.size

@@ -1,6 +1,5 @@
 """Training pipeline: config validation, pmap equivalence, end-to-end run, checkpoint resume, sampling."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -11,16 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dale_langevin import checkpoint, config as config_lib, parallel, sampling, train
+from dale_langevin import samplers
+from dale_langevin.pipeline import checkpoint, config as config_lib, generate, parallel, state as state_lib, train
+from dale_langevin.pipeline.workdir import Workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_lib.load_config_file(ROOT / "configs" / f"{name}.py")
 
 
 def tiny_config(**overrides):
@@ -35,8 +33,8 @@ def tiny_config(**overrides):
     c.training.sample_every = 6
     c.training.sample_grid_steps = 2
     c.optim.warmup_steps = 2
-    c.sampling.n_steps = 5
-    c.sampling.denoise_steps = 2
+    c.sampling.dale_langevin.n_steps = 5
+    c.sampling.dale_langevin.denoise_steps = 2
     c.sampling.n_samples = 6
     c.sampling.batch_size = 4
     c.eval.inception = "off"  # a networked machine would otherwise fetch 88 MB of Inception weights
@@ -54,7 +52,9 @@ def test_shipped_configs_validate(name):
 def test_published_settings_in_fmnist_config():
     c = load_config("fmnist")
     assert (c.optim.lr, c.optim.beta1, c.optim.eps, c.training.batch_size, c.ema.decay) == (1e-4, 0.9, 1e-8, 128, 0.999)
-    assert (c.sampling.step_size, c.sampling.n_inner, c.sampling.noise_decay) == (5.86e-4, 1, 0.995)
+    dl, sa = c.sampling.dale_langevin, c.sampling.sign_agnostic
+    assert (dl.n_steps, dl.step_size, dl.n_inner, dl.noise_decay) == (1000, 5.86e-4, 1, 0.995)
+    assert (sa.n_steps, sa.step_size, sa.n_inner, sa.noise_decay) == (1000, 1.468e-3, 3, 0.9995)
 
 
 @pytest.mark.parametrize(
@@ -65,14 +65,20 @@ def test_published_settings_in_fmnist_config():
         ({"process.name": "cld"}, "config.process.name"),
         ({"process.gbm.sigma": -1.0}, "config.process.gbm"),
         ({"sampling.method": "euler_maruyama"}, "config.sampling.method"),
-        ({"sampling.method": "ode", "sampling.ode_solver": "rk4"}, "config.sampling.ode_solver"),
-        ({"sampling.method": "ode", "sampling.ode_t_end": 0.0}, "config.sampling.ode_t_end"),
+        ({"sampling.method": "ode", "sampling.ode.solver": "rk4"}, "config.sampling.ode.solver"),
+        ({"sampling.method": "ode", "sampling.ode.t_end": 0.0}, "config.sampling.ode.t_end"),
+        ({"sampling.method": "nonsense"}, "config.sampling.method"),
+        ({"sampling.dale_langevin.noise_decay": 2.0}, "config.sampling.dale_langevin.noise_decay"),
+        ({"sampling.dale_langevin.n_inner": 0}, "config.sampling.dale_langevin.n_inner"),
+        ({"training.sample_grid_steps": 0}, "config.sampling.dale_langevin.n_steps"),  # the periodic grids' sampler
+        ({"training.n_time_levels": 1}, "config.training.n_time_levels"),
+        ({"training.t_sampling": "uniform", "training.t_min": 1.0}, "config.training.t_min"),
+        ({"optim.beta2": 1.0}, "config.optim.beta2"),
         ({"sampling.start": "zeros"}, "config.sampling.start"),
         ({"training.weighting": "v3"}, "config.training.weighting"),
         ({"model.channel_mult": (1, 2, 2, 2, 2)}, "config.model.channel_mult"),
         ({"ema.decay": 1.0}, "config.ema.decay"),
         ({"sampling.batch_size": 3}, "config.sampling.batch_size"),
-        ({"host_allocator": "jemalloc"}, "config.host_allocator"),
     ],
 )
 def test_config_errors_name_the_field(overrides, field):
@@ -85,6 +91,20 @@ def test_missing_field_is_named():
     del c.training["t_min"]
     with pytest.raises(ValueError, match=r"config\.training\.t_min"):
         config_lib.validate(c)
+    c = tiny_config()
+    del c.sampling.dale_langevin["n_inner"]  # the selected sampler's group is required, field by field
+    with pytest.raises(ValueError, match=r"config\.sampling\.dale_langevin\.n_inner"):
+        config_lib.validate(c)
+    c = tiny_config()
+    del c.sampling["ode"]  # groups of samplers the config does not select are not
+    config_lib.validate(c)
+
+
+def test_required_fields_derive_from_the_defaults():
+    required = set(config_lib.required_fields(config_lib.default_config()))
+    assert {"training.t_min", "sampling.dale_langevin.n_inner", "process.gbm.sigma", "eval.inception_url"} <= required
+    assert not any(p.startswith(("sampling.ode.", "process.ve.")) for p in required)
+    assert set(config_lib.default_config().sampling) >= set(samplers.names())
 
 
 def test_additive_config_validates():
@@ -94,33 +114,34 @@ def test_additive_config_validates():
 
 
 def test_learning_rate_warmup_starts_above_zero():
-    _, schedule = train.make_optimizer(1e-3, 4, 1.0, 0.9, 0.999, 1e-8)
+    _, schedule = state_lib.make_optimizer(1e-3, 4, 1.0, 0.9, 0.999, 1e-8)
     np.testing.assert_allclose([schedule(n) for n in range(6)], [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3], rtol=1e-6)
-    _, constant = train.make_optimizer(1e-3, 0, 1.0, 0.9, 0.999, 1e-8)
+    _, constant = state_lib.make_optimizer(1e-3, 0, 1.0, 0.9, 0.999, 1e-8)
     assert float(constant(0)) == pytest.approx(1e-3)
 
 
 def test_ema_warmup_schedule():
     steps = jnp.arange(0, 20_000, 7)
-    d = train.ema_decay(steps, 0.999, True)
+    d = state_lib.ema_decay(steps, 0.999, True)
     np.testing.assert_allclose(d[0], 0.1)
     assert bool(jnp.all(jnp.diff(d) >= 0)) and float(d[-1]) == pytest.approx(0.999)
-    assert float(train.ema_decay(jnp.asarray(0), 0.999, False)) == pytest.approx(0.999)
+    assert float(state_lib.ema_decay(jnp.asarray(0), 0.999, False)) == pytest.approx(0.999)
 
 
 def test_pmap_step_equals_single_device_step_on_full_batch(n_devices):
     """The real train step: 2 devices x B/2 (pmap) gives the update of 1 device x B."""
     c = tiny_config()
-    _, _, step_fn, state = train.build(c)
+    _, _, step_fn, state = state_lib.build(c)
     images = config_lib.make_process(c).encode(jax.random.uniform(jax.random.key(0), (8, 28, 28, 1)))
     # One device, whole batch: vmap over an axis of size 1 carries the same collectives as pmap.
     single, single_metrics = jax.jit(jax.vmap(step_fn, axis_name=parallel.AXIS))(
-        jax.tree.map(lambda x: x[None], state), {"images": images[None]})
-    multi, multi_metrics = parallel.pmap(step_fn)(
-        parallel.replicate(state), {"images": images.reshape(n_devices, -1, 28, 28, 1)})
+        jax.tree.map(lambda x: x[None], state), {"images": images[None]}
+    )
+    multi, multi_metrics = parallel.pmap(step_fn)(parallel.replicate(state), parallel.shard_batch({"images": images}))
     np.testing.assert_allclose(multi_metrics["loss"][0], single_metrics["loss"][0], rtol=1e-5)
-    chex.assert_trees_all_close(parallel.unreplicate(multi.params), parallel.unreplicate(single.params),
-                                rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close(
+        parallel.unreplicate(multi.params), parallel.unreplicate(single.params), rtol=1e-4, atol=1e-6
+    )
     chex.assert_trees_all_equal(parallel.unreplicate(multi), jax.tree.map(lambda x: x[1], multi))  # replicas agree
     moved = jax.tree.map(lambda a, b: not np.allclose(a, b), parallel.unreplicate(multi.params), state.params)
     assert any(jax.tree.leaves(moved))  # the step did update (only the zero-initialised output layer, at first)
@@ -128,7 +149,8 @@ def test_pmap_step_equals_single_device_step_on_full_batch(n_devices):
 
 def test_devices_draw_different_noise(n_devices):
     keys = parallel.pmap(lambda k: jax.random.normal(parallel.device_rng(jax.random.wrap_key_data(k), 3), (4,)))(
-        parallel.replicate(jax.random.key_data(jax.random.key(0))))
+        parallel.replicate(jax.random.key_data(jax.random.key(0)))
+    )
     assert not np.allclose(keys[0], keys[1])
 
 
@@ -144,9 +166,10 @@ def trained_run(tmp_path_factory):
 def test_end_to_end_training_writes_everything(trained_run):
     c, workdir, metrics = trained_run
     assert np.isfinite(metrics["loss"]) and metrics["images_per_sec"] > 0
-    assert sorted(checkpoint.manager(workdir).all_steps()) == [3, 6]
+    wd = Workdir(workdir)
+    assert sorted(checkpoint.manager(wd.checkpoints).all_steps()) == [3, 6]
     assert json.load(open(os.path.join(workdir, "config.json")))["data"]["dataset"] == "embedded_mnist"
-    stats = np.load(os.path.join(workdir, sampling.STATS_FILE))
+    stats = np.load(str(wd.start_stats))
     chex.assert_shape([stats["pixel_loc"], stats["class_means"]], [(28, 28, 1), (10, 28, 28, 1)])
     assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     assert os.listdir(os.path.join(workdir, "samples")) == ["step_0000006.png"]  # training.sample_every = 6
@@ -156,7 +179,7 @@ def test_end_to_end_training_writes_everything(trained_run):
 
 def test_sample_mode_writes_npz_and_png(trained_run):
     c, workdir, _ = trained_run
-    summary = sampling.sample_and_save(c, workdir)
+    summary = generate.sample_and_save(c, workdir)
     assert summary["network_evaluations"] == 5 + 2 and summary["step"] == 6
     with np.load(os.path.join(workdir, "samples.npz")) as f:
         chex.assert_shape(f["images"], (6, 28, 28, 1))
@@ -167,10 +190,56 @@ def test_sample_mode_writes_npz_and_png(trained_run):
     assert Image.open(os.path.join(workdir, "samples.png")).size[0] > 28 * 2
 
 
+def _toy_sampler(rng, score_fn, x_T, process, *, n_steps: int = 2, step: float = 0.01):
+    """A toy sampler: ``n_steps`` noise-free multiplicative score steps at ``t = T / 2``."""
+    del rng
+    t = jnp.full((x_T.shape[0],), process.T / 2)
+    x = x_T
+    for _ in range(n_steps):
+        x = x * jnp.exp(step * score_fn(x, t))
+    return x
+
+
+def _toy_check(process, *, n_steps, step):
+    if not step > 0:
+        raise ValueError(f"step must be > 0, got {step}")
+
+
+def test_a_sampler_registered_in_one_place_runs_through_sample_mode(trained_run):
+    """Registering is the only edit a new sampler needs: its config group, checks, count and main's sample mode follow."""
+    from dale_langevin import main
+
+    _, workdir, _ = trained_run
+    samplers.register(
+        "toy_steps", _toy_sampler, processes=("gbm",), nfe=lambda n_steps, step: n_steps, check=_toy_check
+    )
+    try:
+        c = tiny_config(**{"sampling.method": "toy_steps"})
+        assert c.sampling.toy_steps.to_dict() == {"n_steps": 2, "step": 0.01}
+        c.sampling.toy_steps.n_steps = 3
+        summary = main.run(c, workdir, "sample")
+        assert (summary["method"], summary["network_evaluations"], summary["settings"]) == (
+            "toy_steps",
+            3,
+            {"n_steps": 3, "step": 0.01},
+        )
+        with np.load(os.path.join(workdir, "samples.npz")) as f:
+            chex.assert_shape(f["raw"], (6, 28, 28, 1))
+            chex.assert_tree_all_finite(f["raw"])
+        c.sampling.toy_steps.step = -1.0
+        with pytest.raises(ValueError, match=r"config\.sampling\.toy_steps\.step must be > 0"):
+            config_lib.validate(c)
+        with pytest.raises(ValueError, match="already registered"):
+            samplers.register("toy_steps", _toy_sampler, processes=("gbm",), nfe=lambda **_: 0)
+    finally:
+        samplers.unregister("toy_steps")
+    assert "toy_steps" not in config_lib.default_config().sampling
+
+
 def test_ode_sampling_mode(trained_run, tmp_path):
     c, workdir, _ = trained_run
-    c = tiny_config(**{"sampling.method": "ode", "sampling.ode_solver": "heun", "sampling.n_steps": 3})
-    summary = sampling.sample_and_save(c, workdir)
+    c = tiny_config(**{"sampling.method": "ode", "sampling.ode.solver": "heun", "sampling.ode.n_steps": 3})
+    summary = generate.sample_and_save(c, workdir)
     assert summary["network_evaluations"] == 3 * 2 + 1
     with np.load(os.path.join(workdir, "samples.npz")) as f:
         chex.assert_tree_all_finite(f["raw"])
@@ -181,8 +250,8 @@ def test_class_average_start_is_labelled(trained_run):
     c, workdir, _ = trained_run
     c = tiny_config(**{"sampling.start": "class_average"})
     process = config_lib.make_process(c)
-    stats = sampling.start_stats(c, process, workdir)
-    x_T, labels = sampling.initial_state(jax.random.key(0), process, stats, "class_average", 12)
+    stats = generate.start_stats(c, process, workdir)
+    x_T, labels = generate.initial_state(jax.random.key(0), process, stats, "class_average", 12)
     np.testing.assert_array_equal(labels, np.arange(12) % 10)
     assert bool(jnp.all(x_T > 0))
 
@@ -193,11 +262,11 @@ def test_resume_continues_the_same_trajectory(trained_run, tmp_path):
     resumed = str(tmp_path / "resumed")
     train.train_and_evaluate(tiny_config(**{"training.n_iters": 3}), resumed)
     train.train_and_evaluate(tiny_config(), resumed)
-    _, _, _, like = train.build(c)
-    full = checkpoint.restore_latest(checkpoint.manager(workdir), like)
-    again = checkpoint.restore_latest(checkpoint.manager(resumed), like)
+    _, _, _, like = state_lib.build(c)
+    full = checkpoint.restore_latest(checkpoint.manager(Workdir(workdir).checkpoints), like)
+    again = checkpoint.restore_latest(checkpoint.manager(Workdir(resumed).checkpoints), like)
     assert int(again.step) == 6
-    curve = lambda d: {m["step"]: m["loss"] for m in map(json.loads, open(os.path.join(d, "metrics.jsonl")))}  # noqa: E731
+    curve = lambda d: {m["step"]: m["loss"] for m in map(json.loads, open(os.path.join(d, "metrics.jsonl")))}
     full_curve, resumed_curve = curve(workdir), curve(resumed)
     assert {2, 4, 6} <= set(resumed_curve)  # the first leg also logs its last step, 3
     np.testing.assert_allclose([resumed_curve[s] for s in (2, 4, 6)], [full_curve[s] for s in (2, 4, 6)], rtol=1e-5)
@@ -206,15 +275,23 @@ def test_resume_continues_the_same_trajectory(trained_run, tmp_path):
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
-    c = tiny_config(**{"optim.lr": 1e30, "optim.warmup_steps": 1, "optim.grad_clip": 0.0, "training.ckpt_every": 1,
-                       "training.log_every": 1, "training.n_iters": 50})
+    c = tiny_config(
+        **{
+            "optim.lr": 1e30,
+            "optim.warmup_steps": 1,
+            "optim.grad_clip": 0.0,
+            "training.ckpt_every": 1,
+            "training.log_every": 1,
+            "training.n_iters": 50,
+        }
+    )
     with pytest.raises(FloatingPointError, match="last good checkpoint"):
         train.train_and_evaluate(c, str(tmp_path))
 
 
 def test_eval_mode_writes_report(trained_run):
     """Offline metrics on the tiny run; the feature classifier (1 epoch) must converge on the digits."""
-    from dale_langevin import evaluation
+    from dale_langevin.evaluation import evaluate as evaluation
 
     c, workdir, _ = trained_run
     c = tiny_config(**{"eval.classifier_epochs": 1, "eval.kid_subsets": 4, "eval.n_nearest": 4})

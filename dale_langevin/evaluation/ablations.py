@@ -1,0 +1,266 @@
+"""Ablations: multiplicative (GBM) against additive (VE, VP) diffusion, same network, data and budget.
+
+    python -m dale_langevin.main --mode=ablate --config=configs/ablation_cpu.py --workdir=/tmp/ablation
+
+The grid is data in the config: ``config.ablation.trainings`` (each model differs from the base
+config by a few overrides: the process or the weighting) and ``config.ablation.grid`` (each row
+differs from its training's config by its sampler and a few overrides; fields of :class:`Row`).
+:func:`run` trains every model the selected rows need, samples each row, scores it with the shared
+:class:`~dale_langevin.evaluation.evaluate.Scorer`, and has :mod:`.report` write ``ablation.md``,
+``ablation.csv``, ``nfe.png`` and ``samples.png``. Finished trainings and rows are cached
+(``train/<name>/summary.json``, ``rows/<row>_<steps>.json``), so a stopped run resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+
+import jax
+
+from dale_langevin import samplers
+from dale_langevin.evaluation import report
+from dale_langevin.evaluation.evaluate import Scorer
+from dale_langevin.pipeline import config as config_lib, generate, state as state_lib, train, workdir as wd_lib
+from dale_langevin.pipeline.workdir import Workdir
+from dale_langevin.samplers import published
+
+ABLATION_FIELDS = ("n_steps", "rows", "curves", "nfe_steps", "n_samples", "trainings", "grid")
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """One model of the ablation: ``overrides`` ``((config path, value), ...)`` on the base config."""
+
+    name: str
+    description: str
+    overrides: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the table.
+
+    Attributes:
+      name: the row's name (``config.ablation.rows`` selects by it).
+      training: the :class:`Training` whose model it samples.
+      group: what it ablates (``process``, ``weighting``, ``prior``, ``extras``): a table column.
+      method: the registered sampler it uses (``config.sampling.method``).
+      overrides: ``((config path, value), ...)`` on the training's config.
+      levels: its sampler levels as a fraction of ``config.ablation.n_steps`` (0.5 for a solver with
+        two network evaluations per level), for the main row; curve points set the levels directly.
+      published: a dataset of :data:`dale_langevin.samplers.published.PUBLISHED` whose step size,
+        ``L`` and annealing the row applies, rescaled to its levels; ``None`` keeps the config's.
+    """
+
+    name: str
+    training: str
+    group: str
+    method: str
+    overrides: tuple = ()
+    levels: float = 1.0
+    published: str | None = None
+
+
+def _override(config, overrides):
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.update_from_flattened_dict(dict(overrides))
+    return c
+
+
+def trainings(config) -> dict[str, Training]:
+    """``config.ablation.trainings`` by name."""
+    return {t.name: t for t in (Training(**dict(t)) for t in config.ablation.trainings)}
+
+
+def grid(config) -> tuple[Row, ...]:
+    """``config.ablation.grid`` as :class:`Row` objects, in table order."""
+    return tuple(Row(**dict(r)) for r in config.ablation.grid)
+
+
+def training_config(config, training: str):
+    """The base config with the overrides of ``training`` (a name in ``config.ablation.trainings``)."""
+    known = trainings(config)
+    if training not in known:
+        raise ValueError(f"unknown training {training!r}; config.ablation.trainings has {tuple(known)}")
+    return _override(config, known[training].overrides)
+
+
+def row_levels(config, row: Row, n_steps: int | None = None) -> int:
+    """The sampler levels of ``row``: ``n_steps`` if given (a curve point), else ``ablation.n_steps * row.levels``."""
+    return n_steps if n_steps is not None else max(1, int(config.ablation.n_steps * row.levels))
+
+
+def row_config(config, row: Row, n_steps: int | None = None):
+    """The config that samples ``row``: its training's config, its sampler at :func:`row_levels`, its overrides."""
+    c = training_config(config, row.training)
+    n = row_levels(config, row, n_steps)
+    overrides = {"sampling.method": row.method, f"sampling.{row.method}.n_steps": n}
+    if row.published is not None:
+        T = c.process[c.process.name].T
+        overrides.update(
+            {f"sampling.{row.method}.{k}": v for k, v in published.settings(row.published, row.method, n, T).items()}
+        )
+    overrides.update(dict(row.overrides))
+    return _override(c, overrides)
+
+
+def describe(config) -> dict:
+    """The table's descriptive columns of a row config: process, sampler, weighting, prior, extras."""
+    method, s = config_lib.sampler_settings(config)
+    if "denoise" in s:
+        extras = "Tweedie step" if s["denoise"] else "off"
+    else:
+        parts = [
+            f"L={s['n_inner']}" if s.get("n_inner", 1) > 1 else "",
+            f"anneal {s['noise_decay']:.4g}" if s.get("noise_decay", 1.0) < 1 else "",
+            f"delta {s['step_size']:.3g}" if s.get("step_size") is not None else "",
+            f"{s['denoise_steps']} denoise" if s.get("denoise_steps") else "",
+        ]
+        extras = ", ".join(p for p in parts if p) or "off"
+    return {
+        "process": config.process.name,
+        "sampler": samplers.get(method).describe(s),
+        "weighting": config.training.weighting,
+        "prior": config.sampling.start,
+        "extras": extras,
+    }
+
+
+def select_rows(config, names) -> list[Row]:
+    """The rows of the grid named in ``names`` (a comma string, a sequence, or ``"all"``), in table order."""
+    rows = grid(config)
+    row_names = tuple(r.name for r in rows)
+    if isinstance(names, str):
+        names = row_names if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in row_names]
+    if unknown or not names:
+        raise ValueError(
+            f"config.ablation.rows: unknown or empty {unknown or names!r}; choose from {row_names} or 'all'"
+        )
+    return [r for r in rows if r.name in names]
+
+
+def validate(config) -> list[Row]:
+    """Checks ``config.ablation`` and every selected row's config; returns the selected rows."""
+    if "ablation" not in config:
+        raise ValueError("config has no 'ablation' block: start from configs/ablation_cpu.py")
+    a = config.ablation
+    for field in ABLATION_FIELDS:
+        if field not in a:
+            raise ValueError(f"config is missing field 'config.ablation.{field}'")
+    try:
+        trainings(config), grid(config)
+    except TypeError as err:
+        raise ValueError(f"config.ablation.trainings / grid: an entry has unknown or missing fields ({err})") from err
+    rows = select_rows(config, a.rows)
+    curves = select_rows(config, a.curves) if a.curves else []
+    missing = [r.name for r in curves if r not in rows]
+    if missing:
+        raise ValueError(f"config.ablation.curves names rows not in config.ablation.rows: {missing}")
+    if not (isinstance(a.n_steps, int) and a.n_steps >= 1):
+        raise ValueError(f"config.ablation.n_steps must be an int >= 1, got {a.n_steps!r}")
+    if not all(isinstance(n, int) and n >= 1 for n in a.nfe_steps):
+        raise ValueError(f"config.ablation.nfe_steps must be ints >= 1, got {tuple(a.nfe_steps)}")
+    if not (isinstance(a.n_samples, int) and a.n_samples >= 2):
+        raise ValueError(f"config.ablation.n_samples must be an int >= 2, got {a.n_samples!r}")
+    for row in rows:
+        try:
+            config_lib.validate(row_config(config, row))
+        except ValueError as err:
+            raise ValueError(f"ablation row {row.name!r}: {err}") from err
+    return rows
+
+
+def train_models(config, workdir: Workdir, rows: list[Row], log=print) -> dict:
+    """Trains (or finds finished) every model ``rows`` need; returns ``{training: summary}``."""
+    known = trainings(config)
+    summaries = {}
+    names = list(dict.fromkeys(r.training for r in rows))
+    for i, name in enumerate(names):
+        path = workdir.ablation_training_summary(name)
+        summary = wd_lib.read_json(path)
+        if summary is None:
+            log(f"[ablation] training {i + 1}/{len(names)}: {name} ({known[name].description})")
+            cfg = training_config(config, name)
+            t0 = time.perf_counter()
+            last = train.train_and_evaluate(cfg, workdir.ablation_training(name))
+            summary = {
+                "training": name,
+                "description": known[name].description,
+                "steps": cfg.training.n_iters,
+                "batch_size": cfg.training.batch_size,
+                "seconds": time.perf_counter() - t0,
+                "final_loss": last.get("loss"),
+                "images_per_sec": last.get("images_per_sec"),
+            }
+            wd_lib.write_json(path, summary)
+        summaries[name] = summary
+    return summaries
+
+
+def sample_row(config, workdir: Workdir, row: Row, n_steps: int | None, scorer: Scorer, log=print) -> dict:
+    """Samples ``config.ablation.n_samples`` images for ``row`` at ``n_steps`` levels and scores them (cached)."""
+    cfg = row_config(config, row, n_steps)
+    steps = row_levels(config, row, n_steps)
+    path = workdir.ablation_row(row.name, steps, "json")
+    cached = wd_lib.read_json(path)
+    if cached is not None:
+        return cached
+    train_dir = workdir.ablation_training(row.training)
+    process, model = config_lib.make_process(cfg), config_lib.make_model(cfg)
+    stats = generate.start_stats(cfg, process, train_dir)
+    params = state_lib.restore_latest(cfg, train_dir).ema_params
+    t0 = time.perf_counter()
+    images, _, _ = generate.generate(
+        cfg, process, model, params, stats, jax.random.key(cfg.seed + 1), config.ablation.n_samples
+    )
+    seconds = time.perf_counter() - t0
+    result = {
+        "row": row.name,
+        "group": row.group,
+        "training": row.training,
+        **describe(cfg),
+        "n_steps": steps,
+        "nfe": generate.network_evaluations(cfg),
+        "n_samples": len(images),
+        "seconds": seconds,
+        **scorer.score(images),
+    }
+    wd_lib.save_npy(workdir.ablation_row(row.name, steps, "npy"), images[:16])
+    wd_lib.write_json(path, result)
+    log(
+        f"[ablation] {row.name:32s} NFE {result['nfe']:5d}  FID {result['fid']:8.2f}  KID {result['kid']:.4f}  "
+        f"{seconds:6.1f} s"
+    )
+    return result
+
+
+def run(config, workdir: str | Workdir, log=print) -> dict:
+    """Runs the whole ablation grid in ``workdir``; returns ``{"trainings", "rows", "curves", ...}`` and writes the files."""
+    rows = validate(config)
+    wd = Workdir.of(workdir)
+    wd.makedirs()
+    a = config.ablation
+    t_start = time.perf_counter()
+    trained = train_models(config, wd, rows, log)
+    scorer = Scorer(config, wd, log)
+    log(f"[ablation] feature classifier test accuracy {scorer.accuracy:.3f}")
+    main = [sample_row(config, wd, r, None, scorer, log) for r in rows]
+    curves = {}
+    for r in select_rows(config, a.curves) if a.curves else []:
+        points = [sample_row(config, wd, r, n, scorer, log) for n in a.nfe_steps]
+        points += [m for m in main if m["row"] == r.name]
+        curves[r.name] = sorted({p["nfe"]: p for p in points}.values(), key=lambda p: p["nfe"])
+    result = {
+        "trainings": trained,
+        "rows": main,
+        "curves": curves,
+        "classifier_accuracy": scorer.accuracy,
+        "seconds": time.perf_counter() - t_start,
+    }
+    report.write_reports(config, wd, result)
+    log(f"[ablation] done in {result['seconds'] / 60:.1f} min -> {wd.ablation_report('ablation.md')}")
+    return result

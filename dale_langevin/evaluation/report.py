@@ -1,0 +1,137 @@
+"""The ablation's reports: the markdown and CSV tables and the two figures, from :func:`.ablations.run`'s result.
+
+Pure formatting and plotting; files go through :mod:`dale_langevin.pipeline.workdir`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dale_langevin.pipeline import images as images_lib, workdir as wd_lib
+from dale_langevin.pipeline.workdir import Workdir
+
+COLUMNS = (
+    "group",
+    "row",
+    "process",
+    "sampler",
+    "weighting",
+    "prior",
+    "extras",
+    "nfe",
+    "fid",
+    "kid",
+    "kid_std",
+    "class_entropy",
+    "empty_classes",
+    "nn_ratio",
+    "diverged",
+    "seconds",
+)
+
+
+def write_reports(config, workdir: Workdir, result: dict) -> None:
+    """Writes ``ablation.csv``, ``ablation.md``, ``nfe.png`` and ``samples.png`` from :func:`~.ablations.run`'s result."""
+    wd_lib.write_csv(workdir.ablation_report("ablation.csv"), result["rows"], list(COLUMNS))
+    wd_lib.write_text(workdir.ablation_report("ablation.md"), markdown_report(config, result))
+    wd_lib.save_figure(workdir.ablation_report("nfe.png"), plot_curves(result["curves"]))
+    strips = [wd_lib.load_npy(workdir.ablation_row(r["row"], r["n_steps"], "npy")) for r in result["rows"]]
+    wd_lib.save_figure(workdir.ablation_report("samples.png"), plot_samples(result["rows"], strips))
+
+
+def markdown_report(config, result: dict) -> str:
+    """The markdown table of rows and trainings, with the budget they were measured at."""
+    t, a = config.training, config.ablation
+    lines = [
+        "# Ablation: multiplicative (GBM) against additive (VE, VP) diffusion",
+        "",
+        f"Dataset `{config.data.dataset}`; every model: the same U-Net ({config.model.channels} channels, "
+        f"{tuple(config.model.channel_mult)}), Adam lr {config.optim.lr}, batch {t.batch_size}, {t.n_iters} steps, "
+        f"EMA {config.ema.decay}. Each row: {a.n_samples} samples scored against the test split in the features "
+        f"of the offline classifier (test accuracy {result['classifier_accuracy']:.3f}); KID: "
+        f"{config.eval.kid_subsets} subsets. nn ratio: median distance of a sample to its nearest training image "
+        "over the same for test images (well below 1 flags memorisation). diverged: samples with NaN/inf pixels, left "
+        "out of the metrics. Lower FID/KID is better.",
+        "",
+        "| group | row | process | sampler | weighting | prior | extras | NFE | FID | KID | class entropy | "
+        "empty classes | nn ratio | diverged | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['group']} | {r['row']} | {r['process']} | {r['sampler']} | {r['weighting']} | "
+            f"{r['prior']} | {r['extras']} | {r['nfe']} | {r['fid']:.2f} | {r['kid']:.3f} ± "
+            f"{r['kid_std']:.3f} | {r['class_entropy']:.3f} | {r['empty_classes']} | {r['nn_ratio']:.2f} | "
+            f"{r['diverged']:.1%} | {r['seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        "Trainings:",
+        "",
+        "| training | description | steps | seconds | final loss |",
+        "|---|---|---|---|---|",
+    ]
+    for s in result["trainings"].values():
+        loss = f"{s['final_loss']:.3f}" if s.get("final_loss") is not None else "-"
+        lines.append(f"| {s['training']} | {s['description']} | {s['steps']} | {s['seconds']:.0f} | {loss} |")
+    if result["curves"]:
+        width = max(len(points) for points in result["curves"].values())
+        lines += [
+            "",
+            "FID against network evaluations (each cell: NFE: FID):",
+            "",
+            "| row | " + " | ".join(f"point {i + 1}" for i in range(width)) + " |",
+            "|---|" + "---|" * width,
+        ]
+        for name, points in result["curves"].items():
+            cells = [f"{p['nfe']}: {p['fid']:.2f}" for p in points] + [""] * (width - len(points))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "![metric against NFE](nfe.png)"]
+    lines += ["", f"Whole run: {result['seconds'] / 60:.1f} minutes.", "", "![samples of every row](samples.png)", ""]
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(curves: dict):
+    """A figure of offline FID and KID against network evaluations, one line per curve row."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, points in curves.items():
+        nfe = [p["nfe"] for p in points]
+        axes[0].plot(nfe, [p["fid"] for p in points], "o-", label=name)
+        axes[1].errorbar(
+            nfe, [p["kid"] for p in points], yerr=[p["kid_std"] for p in points], fmt="o-", capsize=3, label=name
+        )
+    for ax, name in zip(axes, ("offline FID", "offline KID")):
+        ax.set_xscale("log")
+        ax.set_xlabel("network evaluations per sample")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_samples(rows: list[dict], strips: list[np.ndarray], n: int = 12):
+    """A figure of the first ``n`` samples of every row (``strips[i]`` ``(N, H, W, C)`` in [0, 1]), one strip a row."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), 1, figsize=(n * 0.6 + 3, 0.75 * len(rows) + 0.3), squeeze=False)
+    for ax, r, imgs in zip(axes[:, 0], rows, strips):
+        imgs = imgs[:n]
+        grid = images_lib.make_grid(imgs, ncols=n, scale=1)
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(f"{r['row']}\nFID {r['fid']:.1f}", rotation=0, ha="right", va="center", fontsize=7)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,0 +1,329 @@
+"""The config schema: the shared defaults, validation at start, and builders from a config.
+
+The config is read-only once ``main`` has parsed it; models and math receive plain keyword
+arguments built here (:func:`make_model`, :func:`make_process`, :func:`sampler_settings`), never
+the ConfigDict. Two groups come from registries rather than from this file, so adding a process or
+a sampler needs no edit here:
+
+* ``config.process.<name>``: the constructor arguments (dataclass fields) of every process in
+  :data:`dale_langevin.processes.PROCESSES`;
+* ``config.sampling.<method>``: the settings of every sampler in :mod:`dale_langevin.samplers`
+  (its keyword-only parameters and their defaults).
+
+:func:`validate` requires every field of :func:`default_config` (``REQUIRED`` is derived from it;
+only the groups of the selected process and sampler), and checks each one before any work starts.
+The math objects check their own arguments; this module maps their errors to config paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from dale_langevin import losses, samplers
+from dale_langevin.checks import is_number
+from dale_langevin.cpu import conv as cpu_conv
+from dale_langevin.nets.unet import ScoreUNet
+from dale_langevin.pipeline import data, parallel
+from dale_langevin.processes import PROCESSES, DiffusionProcess, get_process
+
+STARTS = ("per_pixel", "scalar", "class_average")
+INCEPTION_MODES = ("auto", "on", "off")
+DTYPES = ("float32", "bfloat16")
+SAMPLING_FIELDS = ("method", "start", "n_samples", "batch_size")  # the rest of config.sampling: sampler groups
+
+
+def _group(defaults: Mapping[str, Any], types: Mapping[str, type]) -> ml_collections.ConfigDict:
+    """A config group of ``defaults``; a ``None`` default becomes a placeholder of its type (settable from flags)."""
+    return ml_collections.ConfigDict(
+        {k: config_dict.placeholder(types[k]) if v is None else v for k, v in defaults.items()}
+    )
+
+
+def _dataclass_group(cls: type) -> ml_collections.ConfigDict:
+    """The constructor arguments of a process dataclass with their defaults."""
+    hints = typing.get_type_hints(cls)
+    defaults, types = {}, {}
+    for f in dataclasses.fields(cls):
+        defaults[f.name] = f.default
+        if f.default is None:
+            types[f.name] = next(a for a in typing.get_args(hints[f.name]) if a is not type(None))
+    return _group(defaults, types)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The shared defaults (published settings); see the comments for each field's meaning and units.
+
+    ``config.process.<name>`` and ``config.sampling.<method>`` are built from the registries:
+    their fields are documented with :class:`~dale_langevin.processes.gbm.GBM` (and VE/VP) and
+    with each sampler's function (``dale_langevin.samplers.get(method).fn``).
+    """
+    c = ml_collections.ConfigDict()
+    c.seed = 42
+    # CPU hosts: pmap over this many forced host devices; 0 = one per core. Ignored on GPU/TPU.
+    c.host_device_count = 0
+    # Host malloc (dale_langevin/cpu/hostmem.py): auto = retain on CPU-only installs (reuse XLA's per-step
+    # buffers instead of page-faulting them in again, ~20% of a CPU train step) | retain | system.
+    c.host_allocator = "auto"
+
+    c.process = ml_collections.ConfigDict()
+    c.process.name = "gbm"  # gbm (multiplicative) | ve | vp (additive, for ablations)
+    for name, cls in PROCESSES.items():
+        c.process[name] = _dataclass_group(cls)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dataset = "mnist"  # embedded_mnist | mnist | fashion_mnist | kmnist | cifar10
+    c.data.data_dir = config_dict.placeholder(str)  # TFDS data dir (a gs:// bucket on TPU VMs)
+    c.data.download = True  # let TFDS download when the data are not prepared (needs network)
+    c.data.shuffle_buffer = 10_000
+
+    c.model = ml_collections.ConfigDict()
+    c.model.channels = 64
+    c.model.channel_mult = (1, 2, 2)
+    c.model.num_res_blocks = 2
+    c.model.attn_resolutions = (7,)
+    c.model.dropout = 0.1
+    c.model.dtype = "float32"  # bfloat16 is an option on TPU/GPU; the sampler's exp/log stay float32
+
+    c.training = ml_collections.ConfigDict()
+    c.training.batch_size = 128  # global, over all devices and hosts
+    c.training.n_iters = 300_000
+    c.training.weighting = "published"  # published (v_t^2) | noise (v_t) | likelihood (sigma^2)
+    c.training.t_sampling = "grid"  # grid: t = k/N, k in 1..N-1 (published) | uniform on [t_min, T]
+    c.training.n_time_levels = 1000  # N, the training time grid (not the sampler's levels)
+    c.training.t_min = 1e-3
+    c.training.log_every = 100
+    c.training.ckpt_every = 5_000
+    c.training.keep_checkpoints = 3
+    c.training.sample_every = 20_000  # write a sample grid PNG; 0 = never during training
+    c.training.sample_grid_steps = 200  # the sampler's n_steps for those periodic grids (if it has n_steps)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-4
+    c.optim.beta1 = 0.9
+    c.optim.beta2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.warmup_steps = 5_000
+    c.optim.grad_clip = 1.0  # global norm; 0 disables
+
+    c.ema = ml_collections.ConfigDict()
+    c.ema.decay = 0.999
+    c.ema.warmup = True  # effective decay min(decay, (1 + n) / (10 + n)): early EMA is not the init
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.method = "dale_langevin"  # a registered sampler: dale_langevin.samplers.names()
+    c.sampling.start = "per_pixel"  # per_pixel | scalar (published prior fit) | class_average
+    c.sampling.n_samples = 64
+    c.sampling.batch_size = 64  # per call, split over this host's devices
+    for name in samplers.names():
+        if name in SAMPLING_FIELDS:
+            raise ValueError(f"sampler name {name!r} collides with the field config.sampling.{name}")
+        spec = samplers.get(name)
+        c.sampling[name] = _group(spec.defaults, spec.types)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.classifier_epochs = 3  # the feature classifier for offline FID/KID, trained once per workdir
+    c.eval.kid_subsets = 64  # published KID protocol: 64 subsets of 64
+    c.eval.kid_subset_size = 64
+    c.eval.n_nearest = 16  # samples shown beside their nearest training image
+    # Inception-V3 FID/KID (TTUR graph, comparable with papers): auto = when the weights can be had,
+    # else the report says why | on = stop at start if they cannot | off = skip.
+    c.eval.inception = "auto"
+    c.eval.inception_path = config_dict.placeholder(
+        str
+    )  # local classify_image_graph_def.pb or inception-2015-12-05.tgz
+    # Fetched once into ~/.cache/dale_langevin (or $XDG_CACHE_HOME's) when no path is set: None = the
+    # TTUR archive's URL (dale_langevin.evaluation.inception.DEFAULT_URL), "" = never download.
+    c.eval.inception_url = config_dict.placeholder(str)
+    c.eval.inception_batch_size = 50
+    return c
+
+
+def load_config_file(path: str | os.PathLike, **kwargs) -> ml_collections.ConfigDict:
+    """``get_config(**kwargs)`` of the config file at ``path`` (``configs/*.py``: loaded by path, not a package)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no config file {path}")
+    name = "_dale_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(**kwargs)
+
+
+def _leaves(node, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        out += _leaves(value, path + ".") if isinstance(value, ml_collections.ConfigDict) else [path]
+    return out
+
+
+def required_fields(config) -> tuple[str, ...]:
+    """The fields ``config`` must have: every leaf of :func:`default_config`, except the groups of the
+    processes and samplers it does not select."""
+    process, method = config.get("process", {}).get("name"), config.get("sampling", {}).get("method")
+    skip = tuple(f"process.{n}." for n in PROCESSES if n != process)
+    skip += tuple(f"sampling.{n}." for n in samplers.names() if n != method)
+    return tuple(p for p in _leaves(default_config()) if not p.startswith(skip))
+
+
+def _get(config, path: str):
+    node = config
+    for part in path.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            raise ValueError(
+                f"config is missing field 'config.{path}' (start from dale_langevin.pipeline.config.default_config())"
+            )
+        node = node[part]
+    return node
+
+
+def _at(path: str, err: Exception, fields=()) -> ValueError:
+    """``err`` re-raised under the config path ``path``; a message that starts with one of ``fields`` names it."""
+    message = str(err)
+    head = message.split(" ", 1)[0]
+    if head in fields:
+        return ValueError(f"config.{path}.{message}")
+    return ValueError(f"config.{path}: {message}")
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"config.{field} {message}")
+
+
+def make_process(config) -> DiffusionProcess:
+    """The forward process named by ``config.process.name`` with its keyword arguments."""
+    name = config.process.name
+    _require(name in PROCESSES, "process.name", f"must be one of {tuple(PROCESSES)}, got {name!r}")
+    try:
+        return get_process(name, **config.process[name].to_dict())
+    except (TypeError, ValueError) as err:
+        raise _at(f"process.{name}", err) from err
+
+
+def make_model(config, backend: str | None = None) -> ScoreUNet:
+    """The U-Net from ``config.model``, with the convolution :func:`dale_langevin.cpu.conv.for_backend` picks.
+
+    ``backend`` defaults to ``jax.default_backend()``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    m = config.model
+    return ScoreUNet(
+        channels=m.channels,
+        channel_mult=tuple(m.channel_mult),
+        num_res_blocks=m.num_res_blocks,
+        attn_resolutions=tuple(m.attn_resolutions),
+        dropout=m.dropout,
+        dtype=getattr(jnp, m.dtype),
+        conv=cpu_conv.for_backend(backend or jax.default_backend()),
+    )
+
+
+def sampler_settings(config, **overrides) -> tuple[str, dict]:
+    """``(method, settings)`` of the configured sampler: ``config.sampling.<method>`` updated by ``overrides``."""
+    method = config.sampling.method
+    spec = samplers.get(method)
+    return method, spec.settings({**config.sampling[method].to_dict(), **overrides})
+
+
+def loss_settings(config) -> dict:
+    """The keyword arguments of :func:`dale_langevin.losses.dsm_loss` from ``config.training``."""
+    t = config.training
+    return dict(weighting=t.weighting, t_sampling=t.t_sampling, n_time_levels=t.n_time_levels, t_min=t.t_min)
+
+
+def _validate_sampling(config, process: DiffusionProcess) -> None:
+    s = config.sampling
+    try:
+        spec = samplers.get(s.method)
+    except ValueError as err:
+        raise _at("sampling.method", err) from err
+    if process.name not in spec.processes:
+        raise ValueError(
+            f"config.sampling.method={s.method!r} does not support process {process.name!r}; "
+            f"samplers for it: {samplers.names(process.name)}"
+        )
+    group = s[s.method].to_dict()
+    try:
+        spec.validate(process, group)
+        if config.training.sample_every and "n_steps" in spec.defaults:  # the periodic grids' variant
+            spec.validate(process, {**group, "n_steps": config.training.sample_grid_steps})
+    except ValueError as err:
+        raise _at(f"sampling.{s.method}", err, spec.defaults) from err
+    _require(s.start in STARTS, "sampling.start", f"must be one of {STARTS}, got {s.start!r}")
+    _require(
+        isinstance(s.n_samples, int) and s.n_samples >= 1,
+        "sampling.n_samples",
+        f"must be an int >= 1, got {s.n_samples!r}",
+    )
+    parallel.per_device_batch(s.batch_size, "config.sampling.batch_size", local=True)
+
+
+def validate(config) -> None:
+    """Checks a config before any work starts; raises ``ValueError`` naming the offending field."""
+    for path in required_fields(config):
+        _get(config, path)
+    process = make_process(config)
+    try:
+        spec = data.get_spec(config.data.dataset)
+    except ValueError as err:
+        raise _at("data.dataset", err) from err
+    t = config.training
+    parallel.per_device_batch(t.batch_size, "config.training.batch_size")
+    for field in ("n_iters", "log_every", "ckpt_every", "keep_checkpoints"):
+        _require(
+            isinstance(t[field], int) and t[field] >= 1, f"training.{field}", f"must be an int >= 1, got {t[field]!r}"
+        )
+    for field in ("sample_every", "sample_grid_steps"):
+        _require(
+            isinstance(t[field], int) and t[field] >= 0, f"training.{field}", f"must be an int >= 0, got {t[field]!r}"
+        )
+    try:
+        losses.check_settings(process, **loss_settings(config))
+    except ValueError as err:
+        raise _at("training", err, loss_settings(config)) from err
+    m = config.model
+    _require(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {m.dtype!r}")
+    for field in ("channels", "num_res_blocks"):
+        _require(
+            isinstance(m[field], int) and m[field] >= 1, f"model.{field}", f"must be an int >= 1, got {m[field]!r}"
+        )
+    factor = 2 ** (len(m.channel_mult) - 1)
+    _require(
+        spec.image_shape[0] % factor == 0,
+        "model.channel_mult",
+        f"has {len(m.channel_mult)} levels; {spec.name} images of size {spec.image_shape[0]} must divide by {factor}",
+    )
+    _require(is_number(m.dropout) and 0 <= m.dropout < 1, "model.dropout", f"must lie in [0, 1), got {m.dropout!r}")
+    o = config.optim
+    _require(is_number(o.lr) and o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    _require(is_number(o.grad_clip) and o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables clipping)")
+    _require(
+        isinstance(o.warmup_steps, int) and o.warmup_steps >= 0,
+        "optim.warmup_steps",
+        f"must be an int >= 0, got {o.warmup_steps!r}",
+    )
+    for field in ("beta1", "beta2"):
+        _require(is_number(o[field]) and 0 <= o[field] < 1, f"optim.{field}", f"must lie in [0, 1), got {o[field]!r}")
+    _require(is_number(o.eps) and o.eps > 0, "optim.eps", f"must be > 0, got {o.eps!r}")
+    _require(
+        is_number(config.ema.decay) and 0 <= config.ema.decay < 1,
+        "ema.decay",
+        f"must lie in [0, 1), got {config.ema.decay}",
+    )
+    _validate_sampling(config, process)
+    e = config.eval
+    for field in ("classifier_epochs", "kid_subsets", "kid_subset_size", "n_nearest", "inception_batch_size"):
+        _require(isinstance(e[field], int) and e[field] >= 1, f"eval.{field}", f"must be an int >= 1, got {e[field]!r}")
+    _require(e.inception in INCEPTION_MODES, "eval.inception", f"must be one of {INCEPTION_MODES}, got {e.inception!r}")

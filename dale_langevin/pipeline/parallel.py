@@ -1,0 +1,142 @@
+"""Data parallelism, owned here and nowhere else: ``jax.pmap`` over the local devices.
+
+Everything else in the package writes per-device code against the axis name :data:`AXIS` and
+hands host arrays to these helpers: the data pipeline yields per-host batches ``(B_host, ...)``,
+:func:`shard_batch` lays them out one slice per device, :func:`device_keys` derives one key per
+device, :func:`unshard` gathers the result back. Moving to ``jit`` with shardings later changes
+only this module. Layout: a replicated or sharded pytree has shape ``[n_local_devices, ...]``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXIS = "batch"
+
+
+def force_host_devices(count: int) -> None:
+    """Asks XLA for ``count`` CPU devices (one per core, so pmap uses every core on a CPU host).
+
+    Must run before JAX initialises its backends; it has no effect on GPU/TPU devices and is
+    skipped when ``XLA_FLAGS`` already sets a host device count. ``count <= 0`` means ``os.cpu_count()``.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    count = count if count > 0 else (os.cpu_count() or 1)
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+def local_device_count() -> int:
+    """Number of devices this process drives."""
+    return jax.local_device_count()
+
+
+def _sharding() -> NamedSharding:
+    return NamedSharding(Mesh(np.asarray(jax.local_devices()), (AXIS,)), PartitionSpec(AXIS))
+
+
+def replicate(tree: Any) -> Any:
+    """Copies every leaf to each local device: leaf ``(...)`` -> ``[n_devices, ...]``."""
+    n = jax.local_device_count()
+    stacked = jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (n,) + jnp.shape(x)), tree)
+    return jax.device_put(stacked, _sharding())
+
+
+def unreplicate(tree: Any) -> Any:
+    """The first device's copy of a replicated pytree: leaf ``[n_devices, ...]`` -> ``(...)``."""
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def shard(tree: Any) -> Any:
+    """Places host arrays already shaped ``[n_devices, ...]`` one slice per device."""
+    return jax.device_put(tree, _sharding())
+
+
+def shard_batch(tree: Any) -> Any:
+    """Splits a per-host batch over the local devices: leaf ``(B_host, ...)`` -> ``[n_devices, B_host / n_devices, ...]``.
+
+    ``ValueError`` if ``B_host`` does not divide by the local device count.
+    """
+    n = jax.local_device_count()
+
+    def split(x):
+        x = np.asarray(x)
+        if x.ndim < 1 or x.shape[0] % n:
+            raise ValueError(f"a per-host batch of leading size {x.shape[:1]} does not split over {n} local devices")
+        return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+
+    return shard(jax.tree.map(split, tree))
+
+
+def unshard(x: jax.Array) -> np.ndarray:
+    """The inverse of :func:`shard_batch` on the host: ``[n_devices, b, ...]`` -> ``(n_devices * b, ...)`` numpy."""
+    x = np.asarray(x)
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def device_keys(rng: jax.Array) -> jax.Array:
+    """One key per local device, ``[n_devices]``, from one key (``jax.random.split``), placed one per device."""
+    return shard(jax.random.split(rng, jax.local_device_count()))
+
+
+def per_device_batch(batch: int, field: str, *, local: bool = False) -> int:
+    """``batch`` over all devices of all hosts (``local``: this host's devices) -> the per-device batch.
+
+    ``ValueError`` naming ``field`` (a config path) unless ``batch`` is a positive multiple of that count.
+    """
+    n = jax.local_device_count() if local else jax.device_count()
+    if not isinstance(batch, int) or batch <= 0 or batch % n:
+        where = "local device count" if local else "device count"
+        raise ValueError(f"{field}={batch!r} must be a positive multiple of the {where} {n}")
+    return batch // n
+
+
+def per_host_batch(global_batch: int, field: str = "config.training.batch_size") -> int:
+    """This host's share of a global batch over all devices of all hosts: ``per_device * local_device_count``."""
+    return per_device_batch(global_batch, field) * jax.local_device_count()
+
+
+def is_chief() -> bool:
+    """True in process 0, the one that writes logs, grids and reports."""
+    return jax.process_index() == 0
+
+
+def device_rng(key: jax.Array, step: jax.Array) -> jax.Array:
+    """Inside a pmapped function: a key unique to this device and step, ``fold_in(fold_in(key, device), step)``.
+
+    The replicated ``key`` is never split inside pmap (that would give every device the same noise).
+    """
+    return jax.random.fold_in(jax.random.fold_in(key, jax.lax.axis_index(AXIS)), step)
+
+
+def example_keys(key: jax.Array, step: jax.Array, local_batch: int) -> jax.Array:
+    """Inside a pmapped function: one key per example ``(local_batch,)``, from its global batch index.
+
+    ``fold_in(fold_in(key, step), device * local_batch + i)``: every device gets distinct keys, and
+    the draws do not depend on how the global batch is split over devices.
+    """
+    first = jax.lax.axis_index(AXIS) * local_batch
+    step_key = jax.random.fold_in(key, step)
+    return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(first + jnp.arange(local_batch))
+
+
+def pmean(tree: Any) -> Any:
+    """Inside a pmapped function: the mean over devices of every leaf."""
+    return jax.lax.pmean(tree, AXIS)
+
+
+def pmap(
+    fn: Callable, *, donate_argnums: tuple[int, ...] = (), static_broadcasted_argnums: tuple[int, ...] = ()
+) -> Callable:
+    """``jax.pmap`` over the local devices with this module's axis name."""
+    return jax.pmap(
+        fn, axis_name=AXIS, donate_argnums=donate_argnums, static_broadcasted_argnums=static_broadcasted_argnums
+    )

@@ -1,0 +1,152 @@
+"""The training loop at the edge: data, the pmapped step, logs, checkpoints, periodic sample grids.
+
+``train_and_evaluate(config, workdir)`` is what ``main --mode=train`` calls and what the tests
+call directly. The step itself is the pure function of :mod:`.state`; pmap is applied in
+:mod:`.parallel`; every file goes through :mod:`.workdir`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from dale_langevin import samplers
+from dale_langevin.pipeline import (
+    checkpoint,
+    config as config_lib,
+    data,
+    generate,
+    parallel,
+    state as state_lib,
+    workdir as wd_lib,
+)
+from dale_langevin.pipeline.workdir import Workdir
+
+
+class _Logger:
+    """TensorBoard scalars, ``metrics.jsonl`` (one JSON object per log step) and a progress bar; process 0 only."""
+
+    def __init__(self, workdir: Workdir, total: int, start: int, enabled: bool):
+        self.enabled = enabled
+        self.writer = self.bar = self.jsonl = None
+        if enabled:
+            from flax.metrics import tensorboard  # imports TensorFlow: keep it off the import path
+            from tqdm import tqdm
+
+            self.writer = tensorboard.SummaryWriter(str(workdir.tensorboard))
+            self.jsonl = wd_lib.JsonLines(workdir.metrics_jsonl)
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, smoothing=0.1)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def scalars(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        for k, v in values.items():
+            self.writer.scalar(k, v, step)
+        self.writer.flush()
+        self.jsonl.write({"step": step, **values})
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "images_per_sec")})
+
+    def close(self) -> None:
+        if self.enabled:
+            self.writer.close()
+            self.jsonl.close()
+            self.bar.close()
+
+
+def _grid_overrides(config) -> dict:
+    """The periodic grids' sampler override: ``n_steps = training.sample_grid_steps`` if the sampler has ``n_steps``."""
+    if "n_steps" in samplers.get(config.sampling.method).defaults:
+        return {"n_steps": config.training.sample_grid_steps}
+    return {}
+
+
+def train_and_evaluate(config, workdir: str | Workdir) -> dict:
+    """Trains (or resumes) the run in ``workdir``; returns the last logged metrics and throughput.
+
+    Writes ``config.json``, ``start_stats.npz`` (priors and class means), ``checkpoints/``,
+    ``tensorboard/``, ``metrics.jsonl`` and ``samples/step_*.png`` (every ``training.sample_every`` steps).
+    A non-finite loss or parameter norm stops the run with ``FloatingPointError``; the last
+    checkpoint, written before it, stays the latest.
+    """
+    config_lib.validate(config)
+    wd = Workdir.of(workdir)
+    chief = parallel.is_chief()
+    wd.makedirs()
+    if chief:
+        wd_lib.write_json(wd.config_json, config.to_dict())
+
+    process, model, step_fn, state = state_lib.build(config)
+    t = config.training
+    mngr = checkpoint.manager(wd.checkpoints, t.keep_checkpoints)
+    restored = checkpoint.restore_latest(mngr, state)
+    if restored is not None:
+        state = restored
+    start = int(state.step)
+    stats = generate.start_stats(config, process, wd, write=chief)
+
+    batches = data.train_iterator(
+        config.data.dataset,
+        host_batch=parallel.per_host_batch(t.batch_size),
+        encode=process.encode,
+        seed=config.seed,
+        data_dir=config.data.data_dir,
+        download=config.data.download,
+        shuffle_buffer=config.data.shuffle_buffer,
+    )
+    for _ in range(start):  # resume at the same place in the data stream (same trajectory)
+        next(batches)
+
+    p_step = parallel.pmap(step_fn, donate_argnums=(0,))
+    rstate = parallel.replicate(state)
+    logger = _Logger(wd, t.n_iters, start, chief)
+    if chief:
+        print(
+            f"{'Resuming at' if start else 'Starting'} step {start}/{t.n_iters}: {config.data.dataset}, "
+            f"{config.process.name}, {jax.device_count()} {jax.default_backend()} device(s), "
+            f"{sum(x.size for x in jax.tree.leaves(state.params)):,} parameters, workdir {wd}",
+            flush=True,
+        )
+    last, tick, tick_step = {}, time.perf_counter(), start
+    try:
+        for step in range(start + 1, t.n_iters + 1):
+            rstate, metrics = p_step(rstate, parallel.shard_batch(next(batches)))
+            logger.advance()
+            at_log, at_ckpt = (
+                step % t.log_every == 0 or step == t.n_iters,
+                step % t.ckpt_every == 0 or step == t.n_iters,
+            )
+            if at_log or at_ckpt:
+                values = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}  # the only host sync
+                if not all(np.isfinite(v) for v in values.values()):
+                    raise FloatingPointError(
+                        f"non-finite training metrics at step {step}: {values}. The last good checkpoint is step "
+                        f"{mngr.latest_step()} in {wd.checkpoints}; lower optim.lr or check the data."
+                    )
+                now = time.perf_counter()
+                values["images_per_sec"] = (step - tick_step) * t.batch_size / (now - tick)
+                tick, tick_step, last = now, step, values
+                if at_log:
+                    logger.scalars(step, values)
+            if at_ckpt:
+                checkpoint.save(mngr, step, parallel.unreplicate(rstate))
+            if t.sample_every and step % t.sample_every == 0:
+                generate.write_grid(
+                    config,
+                    process,
+                    model,
+                    parallel.unreplicate(rstate).ema_params,
+                    stats,
+                    wd.grid(step),
+                    overrides=_grid_overrides(config),
+                    write=chief,
+                )
+    finally:
+        mngr.wait_until_finished()
+        logger.close()
+    return last

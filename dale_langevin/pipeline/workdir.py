@@ -1,0 +1,228 @@
+"""The work directory: the one module that names every artefact of a run and reads and writes them.
+
+All paths are ``etils.epath.Path`` (what Orbax and TFDS use), so a local folder and ``gs://bucket/run``
+behave the same; nothing else in the package opens, lists or joins work-directory paths. A run's
+folder holds::
+
+    config.json          the resolved config            metrics.jsonl   one JSON object per log step
+    start_stats.npz      priors and class means         checkpoints/    Orbax train states
+    tensorboard/         scalars                        samples/        step_XXXXXXX.png grids
+    samples.npz/.png     --mode=sample                  eval.json/.md   --mode=eval
+    nearest_neighbours.png                              classifier/     the offline feature classifier
+
+An ablation's folder (``--mode=ablate``) holds ``train/<name>/`` (one run folder per training),
+``rows/`` (cached rows), ``classifier/``, ``ablation.md``, ``ablation.csv``, ``nfe.png`` and ``samples.png``.
+
+Writes of whole files are atomic (a temporary sibling renamed into place), so a killed process
+leaves the previous version or none, never half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from etils import epath
+
+from dale_langevin.pipeline import images
+
+
+def _resolve(root: str | os.PathLike) -> epath.Path:
+    text = os.fspath(root)
+    if "://" in text:  # a bucket: keep it as written (never made absolute against the local disk)
+        return epath.Path(text)
+    return epath.Path(text).expanduser().resolve()
+
+
+class Workdir:
+    """A run's folder (``WORKDIR``); every artefact is a property or method returning its ``epath.Path``."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = _resolve(root)
+
+    @classmethod
+    def of(cls, workdir: str | os.PathLike | Workdir) -> Workdir:
+        """``workdir`` itself if it is a :class:`Workdir`, else the :class:`Workdir` at that path."""
+        return workdir if isinstance(workdir, Workdir) else cls(workdir)
+
+    def __repr__(self) -> str:
+        return f"Workdir({str(self.root)!r})"
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def child(self, *parts: str) -> Workdir:
+        """A nested run folder, e.g. an ablation's ``ablation/train/<name>``."""
+        return Workdir(self.root.joinpath(*parts))
+
+    # -- artefacts -------------------------------------------------------------------------------
+    @property
+    def config_json(self) -> epath.Path:
+        return self.root / "config.json"
+
+    @property
+    def metrics_jsonl(self) -> epath.Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def start_stats(self) -> epath.Path:
+        return self.root / "start_stats.npz"
+
+    @property
+    def checkpoints(self) -> epath.Path:
+        return self.root / "checkpoints"
+
+    @property
+    def tensorboard(self) -> epath.Path:
+        return self.root / "tensorboard"
+
+    def grid(self, step: int) -> epath.Path:
+        """The periodic sample grid of training step ``step``."""
+        return self.root / "samples" / f"step_{step:07d}.png"
+
+    @property
+    def samples_npz(self) -> epath.Path:
+        return self.root / "samples.npz"
+
+    @property
+    def samples_png(self) -> epath.Path:
+        return self.root / "samples.png"
+
+    @property
+    def eval_json(self) -> epath.Path:
+        return self.root / "eval.json"
+
+    @property
+    def eval_md(self) -> epath.Path:
+        return self.root / "eval.md"
+
+    @property
+    def nearest_neighbours_png(self) -> epath.Path:
+        return self.root / "nearest_neighbours.png"
+
+    @property
+    def classifier(self) -> epath.Path:
+        return self.root / "classifier"
+
+    # ablation artefacts (``--mode=ablate``)
+    def ablation_training(self, name: str) -> Workdir:
+        """The run folder of ablation training ``name``."""
+        return self.child("train", name)
+
+    def ablation_training_summary(self, name: str) -> epath.Path:
+        return self.root / "train" / name / "summary.json"
+
+    def ablation_row(self, row: str, n_steps: int, suffix: str) -> epath.Path:
+        """A row's cached result (``suffix="json"``) or first images (``"npy"``) at ``n_steps`` sampler levels."""
+        return self.root / "rows" / f"{row}_{n_steps}.{suffix}"
+
+    def ablation_report(self, name: str) -> epath.Path:
+        """``ablation.md``, ``ablation.csv``, ``nfe.png`` or ``samples.png``."""
+        return self.root / name
+
+    # -- I/O ------------------------------------------------------------------------------------
+    def makedirs(self) -> None:
+        """Creates the run folder (and parents)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+
+
+def exists(path: epath.Path) -> bool:
+    """True if ``path`` exists."""
+    return path.exists()
+
+
+def _atomic_write(path: epath.Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def write_bytes(path: epath.Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` atomically (parents created)."""
+    _atomic_write(path, data)
+
+
+def write_text(path: epath.Path, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` atomically."""
+    _atomic_write(path, text.encode("utf-8"))
+
+
+def write_json(path: epath.Path, value: Any) -> None:
+    """Writes ``value`` as indented JSON (``default=str`` for tuples of odd types)."""
+    write_text(path, json.dumps(value, indent=2, default=str))
+
+
+def read_json(path: epath.Path) -> Any | None:
+    """The JSON in ``path``; ``None`` if it does not exist."""
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def save_npz(path: epath.Path, **arrays: np.ndarray) -> None:
+    """Writes ``arrays`` to an ``.npz`` at ``path`` atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    _atomic_write(path, buffer.getvalue())
+
+
+def load_npz(path: epath.Path) -> dict[str, np.ndarray] | None:
+    """All arrays of the ``.npz`` at ``path``; ``None`` if it does not exist."""
+    if not path.exists():
+        return None
+    with np.load(io.BytesIO(path.read_bytes())) as f:
+        return dict(f)
+
+
+def save_npy(path: epath.Path, array: np.ndarray) -> None:
+    """Writes one array as ``.npy`` atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    _atomic_write(path, buffer.getvalue())
+
+
+def load_npy(path: epath.Path) -> np.ndarray:
+    """The array in the ``.npy`` at ``path``."""
+    return np.load(io.BytesIO(path.read_bytes()))
+
+
+def write_csv(path: epath.Path, rows: Iterable[dict], fields: list[str]) -> None:
+    """Writes ``rows`` (dicts) as CSV with the header ``fields`` (extra keys ignored)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def save_grid(path: epath.Path, grid_images: np.ndarray, ncols: int | None = None) -> None:
+    """Writes ``grid_images`` ``(N, H, W, C)`` in [0, 1] as one PNG grid (:func:`images.make_grid`)."""
+    _atomic_write(path, images.png_bytes(grid_images, ncols))
+
+
+def save_figure(path: epath.Path, figure: Any, dpi: int = 120) -> None:
+    """Writes a matplotlib ``figure`` as PNG to ``path``."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    _atomic_write(path, buffer.getvalue())
+
+
+class JsonLines:
+    """Appends one JSON object per line to ``path`` (opened once, flushed after each line)."""
+
+    def __init__(self, path: epath.Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a")
+
+    def write(self, value: dict) -> None:
+        self._file.write(json.dumps(value) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
