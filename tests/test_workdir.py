@@ -46,10 +46,14 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
     wd = Workdir(tmp_path)
     wd_lib.write_text(wd.eval_md, "old")
 
-    def broken(self, data):
+    original = type(wd.eval_md).write_bytes
+
+    def half_then_full_disk(self, data):
+        original(self, data[: len(data) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr(type(wd.eval_md), "write_bytes", broken)
+    monkeypatch.setattr(type(wd.eval_md), "write_bytes", half_then_full_disk)
     with pytest.raises(OSError, match="disk full"):
-        wd_lib.write_text(wd.eval_md, "new")
+        wd_lib.write_text(wd.eval_md, "a new report")
     assert (tmp_path / "eval.md").read_text() == "old"  # the old version survives a failed write
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.md"]  # and no temporary file is left

@@ -35,7 +35,8 @@ import jax
 from jax import lax
 
 _DN = ("NHWC", "HWIO", "NHWC")
-Pads = tuple[tuple[int, int], ...]
+# Keyword arguments of lax.conv_general_dilated that the pointwise path understands.
+_OPTIONS = frozenset({"lhs_dilation", "rhs_dilation", "dimension_numbers", "feature_group_count", "precision"})
 
 
 def for_backend(backend: str) -> Callable | None:
@@ -82,78 +83,30 @@ def _materialize_cotangent_jvp(primals, tangents):
     return y, _identity_cond(_runtime_true(y), t)  # predicate from the primal: linear in t
 
 
-def _plain_pads(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
-    precision,
-    kwargs,
-) -> tuple[tuple[int, int], Pads] | None:
-    """``(strides, pads)`` for a 2-D NHWC/HWIO convolution without dilation, groups or precision, else ``None``."""
-    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    plain = (
-        lhs.ndim == 4
-        and dn == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN)
-        and feature_group_count == 1
-        and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-        and precision is None
-        and not kwargs
+def _pointwise(lhs, rhs, window_strides, padding, options: dict) -> bool:
+    """True for a 1x1 NHWC/HWIO kernel with unit strides and no padding, dilation, groups or precision."""
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, options.get("dimension_numbers"))
+    if lhs.ndim != 4 or rhs.shape[:2] != (1, 1) or dn != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN):
+        return False
+    pads = lax.padtype_to_pads(lhs.shape[1:3], (1, 1), window_strides, padding) if isinstance(padding, str) else padding
+    dilations = (*(options.get("lhs_dilation") or ()), *(options.get("rhs_dilation") or ()))
+    return (
+        tuple(int(s) for s in window_strides) == (1, 1)
+        and all(tuple(int(p) for p in pad) == (0, 0) for pad in pads)
+        and options.get("feature_group_count", 1) == 1
+        and all(d in (None, 1) for d in dilations)
+        and options.get("precision") is None
+        and set(options) <= _OPTIONS
     )
-    if not plain:
-        return None
-    strides = tuple(int(s) for s in window_strides)
-    pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding) if isinstance(padding, str) else padding
-    return strides, tuple((int(lo), int(hi)) for lo, hi in pads)
 
 
-def conv_materialized(
-    lhs,
-    rhs,
-    window_strides: Sequence[int],
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count: int = 1,
-    precision=None,
-    **kwargs,
-) -> jax.Array:
+def conv_materialized(lhs, rhs, window_strides: Sequence[int], padding, **options) -> jax.Array:
     """``lax.conv_general_dilated`` (same arguments, same output) with its output cotangent materialised.
 
     1x1 NHWC/HWIO kernels without stride or padding run as a matmul (``(B, H, W, C_in) @ (C_in,
     C_out)``), so their kernel gradient is one matmul too. Every other call is the stock op. Both
     wrapped in :func:`materialize_cotangent`; forward and reverse mode work.
     """
-    plain = _plain_pads(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-        precision,
-        kwargs,
-    )
-    if plain is not None and rhs.shape[:2] == (1, 1) and plain == ((1, 1), ((0, 0), (0, 0))):
+    if _pointwise(lhs, rhs, window_strides, padding, options):
         return materialize_cotangent(lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ()))))
-    return materialize_cotangent(
-        lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count,
-            precision=precision,
-            **kwargs,
-        )
-    )
+    return materialize_cotangent(lax.conv_general_dilated(lhs, rhs, window_strides, padding, **options))

@@ -168,7 +168,7 @@ def evaluate(config, workdir: str | Workdir, log=print) -> dict:
     config_lib.validate(config)
     wd = Workdir.of(workdir)
     net, inception_result = load_inception_or_reason(config.eval, log)  # before the expensive work
-    if not wd_lib.exists(wd.samples_npz):
+    if not wd.samples_npz.exists():
         log(f"No {wd.samples_npz}: sampling first.")
         generate.sample_and_save(config, wd)
     generated = np.asarray(wd_lib.load_npz(wd.samples_npz)["images"], np.float32)

@@ -131,16 +131,16 @@ class Workdir:
         self.root.mkdir(parents=True, exist_ok=True)
 
 
-def exists(path: epath.Path) -> bool:
-    """True if ``path`` exists."""
-    return path.exists()
-
-
 def _atomic_write(path: epath.Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
 
 
 def write_bytes(path: epath.Path, data: bytes) -> None:
