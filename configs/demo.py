@@ -4,7 +4,7 @@
 
 Trains a 1.05M-parameter U-Net for 1,200 steps of batch 64 (pmap over one forced host device per
 core), then samples a 64-image grid with the Dale-Langevin sampler at 200 levels plus 10 noise-free
-final updates (210 network evaluations) from a per-pixel log-normal prior; about 13 minutes on
+final updates (210 network evaluations) from a per-pixel log-normal prior; 13 to 17 minutes on
 2 CPU cores (docs/results.md). The learning rate is far above the published 1e-4 because the
 budget is ~1k steps, not 300k; the EMA warm-up keeps early averages from being the initialisation.
 """

@@ -7,6 +7,7 @@ The math checks its own inputs (a ``GBM`` refuses ``sigma=-1``, a sampler refuse
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 
@@ -17,14 +18,22 @@ def check_choice(value: Any, choices: tuple, name: str) -> None:
 
 
 def check_int(value: Any, name: str, low: int = 0) -> None:
-    """Raises ``ValueError`` unless ``value`` is an ``int`` (not a bool) ``>= low``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    """Raises ``ValueError`` unless ``value`` is an integer (Python or numpy, not a bool) ``>= low``.
+
+    Settings are static Python values: a traced value (a setting passed through ``jit``) fails here too.
+    """
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        hint = (
+            " (settings are static: bind them with functools.partial, not as traced arguments)"
+            if hasattr(value, "aval")
+            else ""
+        )
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}{hint}")
 
 
 def is_number(value: Any) -> bool:
-    """True for a finite real number that is not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """True for a finite real number (Python or numpy scalar) that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_positive(value: Any, name: str) -> None:

@@ -102,6 +102,22 @@ def test_published_extras_keep_total_annealing_and_step_ratio():
             r"gbm_sign_agnostic.*config\.sampling\.sign_agnostic\.noise_decay",
         ),
         ({"ablation.grid": ({"name": "x", "training": "gbm"},)}, "unknown or missing fields"),
+        (
+            {
+                "ablation.grid": (
+                    dict(
+                        name="x",
+                        training="gbm",
+                        group="g",
+                        method="dale_langevin",
+                        overrides=(("training.weightng", 1),),
+                    ),
+                ),
+                "ablation.rows": "x",
+                "ablation.curves": "",
+            },
+            "the override 'training.weightng' names no config field",
+        ),
     ],
 )
 def test_bad_ablation_configs_name_the_field(overrides, message):

@@ -185,3 +185,10 @@ def test_encode_decode_round_trip():
     assert float(x.min()) >= 1.0 and float(x.max()) <= 2.0
     np.testing.assert_allclose(sde.decode(x), u, atol=1e-6)
     np.testing.assert_array_equal(sde.decode(jnp.array([0.5, 2.5])), jnp.array([0.0, 1.0]))  # clamped
+
+
+def test_linear_schedule_endpoints_and_total_variance_in_closed_form():
+    process = GBM(sigma=0.5, schedule="linear", sigma_end=1.5, T=2.0)
+    np.testing.assert_allclose(process.sigma_t(jnp.array([0.0, 2.0])), [0.5, 1.5], rtol=1e-6)
+    # int_0^T (s0 + (s1 - s0) t / T)^2 dt = T (s0^2 + s0 s1 + s1^2) / 3
+    np.testing.assert_allclose(process.log_var(2.0), 2.0 * (0.25 + 0.75 + 2.25) / 3.0, rtol=1e-6)

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import tarfile
 import threading
 import time
@@ -276,3 +277,20 @@ def test_eval_on_without_weights_raises_before_any_work(tmp_path, no_cache):
 def test_inception_off_is_reported():
     net, reason = evaluation.load_inception_or_reason(eval_config(**{"eval.inception": "off"}).eval)
     assert net is None and reason == {"status": "off", "reason": "config.eval.inception='off'"}
+
+
+def test_eval_leaves_non_finite_samples_out_and_says_so(eval_workdir, tmp_path, no_cache):
+    workdir = tmp_path / "nan_run"
+    shutil.copytree(eval_workdir, workdir)
+    images = np.load(workdir / "samples.npz")["images"]
+    images[[3, 7]] = np.nan  # two samples of a diverged chain
+    np.savez(workdir / "samples.npz", images=images)
+    logs = []
+    result = evaluation.evaluate(eval_config(**{"eval.inception": "off"}), str(workdir), log=logs.append)
+    assert (result["n_non_finite"], result["n_generated"]) == (2, len(images) - 2)
+    assert np.isfinite(result["offline_fid"]) and result["offline_fid"] > 0  # no longer the test split itself
+    assert any("2 of 500 samples have non-finite pixels" in line for line in logs)
+    assert "2 more had non-finite pixels" in (workdir / "eval.md").read_text()
+    np.savez(workdir / "samples.npz", images=np.full_like(images, np.nan))
+    with pytest.raises(ValueError, match="500 of the 500 samples .* non-finite pixels: the sampler diverged"):
+        evaluation.evaluate(eval_config(**{"eval.inception": "off"}), str(workdir), log=logs.append)

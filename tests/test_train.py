@@ -3,6 +3,9 @@
 import json
 import os
 import pathlib
+import shutil
+import subprocess
+import sys
 
 import chex
 import jax
@@ -63,14 +66,17 @@ def test_published_settings_in_fmnist_config():
         ({"data.dataset": "imagenet"}, "config.data.dataset"),
         ({"training.batch_size": 7}, "config.training.batch_size"),
         ({"process.name": "cld"}, "config.process.name"),
-        ({"process.gbm.sigma": -1.0}, "config.process.gbm"),
+        ({"process.gbm.sigma": -1.0}, "config.process.gbm.sigma must be"),
         ({"sampling.method": "euler_maruyama"}, "config.sampling.method"),
         ({"sampling.method": "ode", "sampling.ode.solver": "rk4"}, "config.sampling.ode.solver"),
         ({"sampling.method": "ode", "sampling.ode.t_end": 0.0}, "config.sampling.ode.t_end"),
         ({"sampling.method": "nonsense"}, "config.sampling.method"),
         ({"sampling.dale_langevin.noise_decay": 2.0}, "config.sampling.dale_langevin.noise_decay"),
         ({"sampling.dale_langevin.n_inner": 0}, "config.sampling.dale_langevin.n_inner"),
-        ({"training.sample_grid_steps": 0}, "config.sampling.dale_langevin.n_steps"),  # the periodic grids' sampler
+        (
+            {"training.sample_grid_steps": 0},
+            "config.training.sample_grid_steps=0 makes the periodic grids' sampler invalid: n_steps",
+        ),  # the grids' sampler
         ({"training.n_time_levels": 1}, "config.training.n_time_levels"),
         ({"training.t_sampling": "uniform", "training.t_min": 1.0}, "config.training.t_min"),
         ({"optim.beta2": 1.0}, "config.optim.beta2"),
@@ -98,6 +104,16 @@ def test_missing_field_is_named():
     c = tiny_config()
     del c.sampling["ode"]  # groups of samplers the config does not select are not
     config_lib.validate(c)
+
+
+def test_unknown_and_renamed_fields_are_refused():
+    c = tiny_config()
+    with c.unlocked():
+        c.sampling.n_steps = 200  # the shared field of an earlier schema
+        c.training.weightng = "noise"
+    with pytest.raises(ValueError, match=r"config\.sampling\.n_steps \(now config\.sampling\.<method>\.n_steps\)"):
+        config_lib.validate(c)
+    assert sorted(config_lib.unknown_fields(c)) == ["sampling.n_steps", "training.weightng"]
 
 
 def test_required_fields_derive_from_the_defaults():
@@ -139,6 +155,8 @@ def test_pmap_step_equals_single_device_step_on_full_batch(n_devices):
     )
     multi, multi_metrics = parallel.pmap(step_fn)(parallel.replicate(state), parallel.shard_batch({"images": images}))
     np.testing.assert_allclose(multi_metrics["loss"][0], single_metrics["loss"][0], rtol=1e-5)
+    # Averaged, not summed, over devices (Adam's first step hides the scale; the norm does not).
+    np.testing.assert_allclose(multi_metrics["grad_norm"][0], single_metrics["grad_norm"][0], rtol=1e-5)
     chex.assert_trees_all_close(
         parallel.unreplicate(multi.params), parallel.unreplicate(single.params), rtol=1e-4, atol=1e-6
     )
@@ -274,10 +292,87 @@ def test_resume_continues_the_same_trajectory(trained_run, tmp_path):
     chex.assert_trees_all_close(again.ema_params, full.ema_params, rtol=1e-5, atol=1e-6)
 
 
-def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
+def _copy_run(workdir, tmp_path) -> str:
+    copy = str(tmp_path / "copy")
+    shutil.copytree(workdir, copy)
+    return copy
+
+
+def test_resume_with_a_changed_model_or_batch_is_refused_naming_the_fields(trained_run, tmp_path):
+    _, workdir, _ = trained_run
+    copy = _copy_run(workdir, tmp_path)
+    with pytest.raises(
+        ValueError, match=r"config\.model\.channels: 8 -> 16(.|\n)*config\.training\.batch_size: 8 -> 16"
+    ):
+        train.train_and_evaluate(tiny_config(**{"model.channels": 16, "training.batch_size": 16}), copy)
+    assert json.load(open(os.path.join(copy, "config.json")))["model"]["channels"] == 8  # not overwritten
+    # Fields that leave the trajectory alone may change; a flag lets a changed batch through.
+    train.train_and_evaluate(tiny_config(**{"training.log_every": 3, "sampling.dale_langevin.n_steps": 9}), copy)
+    train.train_and_evaluate(tiny_config(**{"training.batch_size": 16, "training.allow_resume_changes": True}), copy)
+
+
+def test_a_restart_drops_the_logged_steps_it_lost(trained_run, tmp_path):
+    """Lose the step-6 checkpoint: the restart resumes at 3, drops the log lines of 4 and 6, and logs them again."""
+    _, workdir, _ = trained_run
+    copy = _copy_run(workdir, tmp_path)
+    shutil.rmtree(os.path.join(copy, "checkpoints", "6"))
+    original = [json.loads(line) for line in open(os.path.join(copy, "metrics.jsonl"))]
+    train.train_and_evaluate(tiny_config(), copy)
+    logged = [json.loads(line) for line in open(os.path.join(copy, "metrics.jsonl"))]
+    assert [m["step"] for m in logged] == [2, 4, 6]
+    np.testing.assert_allclose([m["loss"] for m in logged], [m["loss"] for m in original], rtol=1e-5)
+
+
+def test_a_damaged_start_statistics_cache_is_rebuilt(trained_run, tmp_path):
+    c, workdir, _ = trained_run
+    copy = _copy_run(workdir, tmp_path)
+    path = os.path.join(copy, "start_stats.npz")
+    good = dict(np.load(path))
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    stats = generate.start_stats(c, config_lib.make_process(c), copy)
+    chex.assert_trees_all_close(stats, good)
+    chex.assert_trees_all_close(dict(np.load(path)), good)  # and written again
+
+
+def test_a_checkpoint_restores_on_another_device_count(trained_run, tmp_path):
+    """Written by this 2-device process, sampled by a 1-device one."""
+    _, workdir, _ = trained_run
+    copy = _copy_run(workdir, tmp_path)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import jax; assert jax.local_device_count() == 1\n"
+        "from test_train import tiny_config\n"
+        "from dale_langevin.pipeline import generate\n"
+        "print('restored step', generate.sample_and_save(tiny_config(), sys.argv[2])['step'])\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "tests"), copy], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "restored step 6" in out.stdout
+
+
+def test_non_finite_loss_at_the_first_log_says_no_checkpoint_exists(tmp_path):
     c = tiny_config(
         **{
             "optim.lr": 1e30,
+            "optim.warmup_steps": 1,
+            "optim.grad_clip": 0.0,
+            "training.log_every": 1,
+            "training.n_iters": 50,
+            "training.ckpt_every": 50,
+        }
+    )
+    with pytest.raises(FloatingPointError, match="No checkpoint was written before it"):
+        train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
+    # lr 1e12: step 1 moves every parameter by ~1e12 (finite norms, checkpoint 1 written), step 2 overflows.
+    c = tiny_config(
+        **{
+            "optim.lr": 1e12,
             "optim.warmup_steps": 1,
             "optim.grad_clip": 0.0,
             "training.ckpt_every": 1,
@@ -285,7 +380,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
             "training.n_iters": 50,
         }
     )
-    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+    with pytest.raises(FloatingPointError, match=r"at step 2: .* last good checkpoint is step 1 in"):
         train.train_and_evaluate(c, str(tmp_path))
 
 
@@ -303,6 +398,19 @@ def test_eval_mode_writes_report(trained_run):
     assert result["offline_kid"]["subset_size"] == c.sampling.n_samples  # capped by the 6 samples
     assert os.path.exists(os.path.join(workdir, "nearest_neighbours.png"))
     assert "offline FID" in open(os.path.join(workdir, "eval.md")).read()
+    # The FID is that of these samples' features against the test split's (not, say, of a set with itself).
+    from dale_langevin.evaluation import metrics
+
+    scorer = evaluation.Scorer(c, workdir)
+    samples = np.load(os.path.join(workdir, "samples.npz"))["images"]
+    assert result["offline_fid"] == pytest.approx(metrics.fid(scorer.features(samples)[1], scorer.test_feats))
+    assert result["offline_fid"] > 1.0  # a 6-step model's blobs are far from digits
+    assert json.load(open(os.path.join(workdir, "samples.json")))["method"] == "dale_langevin"
     again = evaluation.evaluate(c, workdir)  # the classifier is reused, not retrained
     assert not again["classifier"]["trained_now"]
     assert again["classifier"]["test_accuracy"] == pytest.approx(result["classifier"]["test_accuracy"])
+    # Other sampler settings than the samples were drawn with: eval samples again rather than score stale ones.
+    fewer = evaluation.evaluate(
+        tiny_config(**{"eval.classifier_epochs": 1, "eval.kid_subsets": 4, "sampling.n_samples": 4}), workdir
+    )
+    assert fewer["n_generated"] == 4 and json.load(open(os.path.join(workdir, "samples.json")))["n_samples"] == 4

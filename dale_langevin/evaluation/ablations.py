@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import time
 
 import jax
@@ -22,7 +24,14 @@ import jax
 from dale_langevin import samplers
 from dale_langevin.evaluation import report
 from dale_langevin.evaluation.evaluate import Scorer
-from dale_langevin.pipeline import config as config_lib, generate, state as state_lib, train, workdir as wd_lib
+from dale_langevin.pipeline import (
+    config as config_lib,
+    generate,
+    parallel,
+    state as state_lib,
+    train,
+    workdir as wd_lib,
+)
 from dale_langevin.pipeline.workdir import Workdir
 from dale_langevin.samplers import published
 
@@ -64,10 +73,24 @@ class Row:
 
 
 def _override(config, overrides):
+    """A copy of ``config`` with ``overrides`` ``{path: value}``; a path that names no field raises (no silent new field)."""
+    overrides = dict(overrides)
+    for path in overrides:
+        node = config
+        for part in path.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                raise ValueError(f"config.ablation: the override {path!r} names no config field")
+            node = node[part]
     c = copy.deepcopy(config)
     with c.unlocked():
-        c.update_from_flattened_dict(dict(overrides))
+        c.update_from_flattened_dict(overrides)
     return c
+
+
+def config_hash(config) -> str:
+    """A digest of a whole config: a cached training or row is reused only for the config that made it."""
+    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def trainings(config) -> dict[str, Training]:
@@ -97,7 +120,10 @@ def row_config(config, row: Row, n_steps: int | None = None):
     """The config that samples ``row``: its training's config, its sampler at :func:`row_levels`, its overrides."""
     c = training_config(config, row.training)
     n = row_levels(config, row, n_steps)
-    overrides = {"sampling.method": row.method, f"sampling.{row.method}.n_steps": n}
+    overrides = {
+        "sampling.method": row.method,
+        **{f"sampling.{row.method}.{k}": v for k, v in samplers.levels(row.method, n).items()},
+    }
     if row.published is not None:
         T = c.process[c.process.name].T
         overrides.update(
@@ -181,10 +207,13 @@ def train_models(config, workdir: Workdir, rows: list[Row], log=print) -> dict:
     names = list(dict.fromkeys(r.training for r in rows))
     for i, name in enumerate(names):
         path = workdir.ablation_training_summary(name)
+        cfg = training_config(config, name)
         summary = wd_lib.read_json(path)
+        if summary is not None and summary.get("config_hash") != config_hash(cfg):
+            log(f"[ablation] training {name}: its config changed since it was trained; training again (resumes)")
+            summary = None
         if summary is None:
             log(f"[ablation] training {i + 1}/{len(names)}: {name} ({known[name].description})")
-            cfg = training_config(config, name)
             t0 = time.perf_counter()
             last = train.train_and_evaluate(cfg, workdir.ablation_training(name))
             summary = {
@@ -195,8 +224,10 @@ def train_models(config, workdir: Workdir, rows: list[Row], log=print) -> dict:
                 "seconds": time.perf_counter() - t0,
                 "final_loss": last.get("loss"),
                 "images_per_sec": last.get("images_per_sec"),
+                "config_hash": config_hash(cfg),
             }
-            wd_lib.write_json(path, summary)
+            if parallel.is_chief():
+                wd_lib.write_json(path, summary)
         summaries[name] = summary
     return summaries
 
@@ -207,11 +238,11 @@ def sample_row(config, workdir: Workdir, row: Row, n_steps: int | None, scorer: 
     steps = row_levels(config, row, n_steps)
     path = workdir.ablation_row(row.name, steps, "json")
     cached = wd_lib.read_json(path)
-    if cached is not None:
+    if cached is not None and cached.get("config_hash") == config_hash(cfg):
         return cached
     train_dir = workdir.ablation_training(row.training)
     process, model = config_lib.make_process(cfg), config_lib.make_model(cfg)
-    stats = generate.start_stats(cfg, process, train_dir)
+    stats = generate.start_stats(cfg, process, train_dir, write=parallel.is_chief())
     params = state_lib.restore_latest(cfg, train_dir).ema_params
     t0 = time.perf_counter()
     images, _, _ = generate.generate(
@@ -228,9 +259,11 @@ def sample_row(config, workdir: Workdir, row: Row, n_steps: int | None, scorer: 
         "n_samples": len(images),
         "seconds": seconds,
         **scorer.score(images),
+        "config_hash": config_hash(cfg),
     }
-    wd_lib.save_npy(workdir.ablation_row(row.name, steps, "npy"), images[:16])
-    wd_lib.write_json(path, result)
+    if parallel.is_chief():
+        wd_lib.save_npy(workdir.ablation_row(row.name, steps, "npy"), images[:16])
+        wd_lib.write_json(path, result)
     log(
         f"[ablation] {row.name:32s} NFE {result['nfe']:5d}  FID {result['fid']:8.2f}  KID {result['kid']:.4f}  "
         f"{seconds:6.1f} s"
@@ -261,6 +294,7 @@ def run(config, workdir: str | Workdir, log=print) -> dict:
         "classifier_accuracy": scorer.accuracy,
         "seconds": time.perf_counter() - t_start,
     }
-    report.write_reports(config, wd, result)
+    if parallel.is_chief():
+        report.write_reports(config, wd, result)
     log(f"[ablation] done in {result['seconds'] / 60:.1f} min -> {wd.ablation_report('ablation.md')}")
     return result

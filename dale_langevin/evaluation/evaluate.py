@@ -1,6 +1,7 @@
 """``--mode=eval``: sample quality, diversity and memorisation of a trained run.
 
-Reads ``WORKDIR/samples.npz`` (sampling first if it is missing) and writes ``eval.json``,
+Reads ``WORKDIR/samples.npz`` (sampling first if it is missing or was drawn with other sampler settings,
+start, count or seed than the config's) and writes ``eval.json``,
 ``eval.md`` and ``nearest_neighbours.png``:
 - offline feature FID and KID (64 subsets of 64, as published) between the samples and the test
   split, in the penultimate features of a small classifier trained once on the train split
@@ -18,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from dale_langevin.evaluation import classifier, inception, metrics
-from dale_langevin.pipeline import config as config_lib, data, generate, workdir as wd_lib
+from dale_langevin.pipeline import config as config_lib, data, generate, parallel, workdir as wd_lib
 from dale_langevin.pipeline.workdir import Workdir
 
 
@@ -52,6 +53,11 @@ def _quantiles(d: np.ndarray) -> dict:
     return {q: float(np.quantile(d, p)) for q, p in (("p05", 0.05), ("median", 0.5), ("p95", 0.95))}
 
 
+def finite_samples(images: np.ndarray) -> np.ndarray:
+    """Boolean ``(N,)``: which samples ``(N, ...)`` have only finite values (a diverged sampler makes NaNs)."""
+    return np.all(np.isfinite(np.asarray(images).reshape(len(images), -1)), axis=1)
+
+
 class Scorer:
     """The reference side of every sample-set score: train and test images, and the offline classifier.
 
@@ -63,7 +69,8 @@ class Scorer:
     its test accuracy, ``baseline_nn`` the test-to-train nearest distances ``(N_test,)``.
     """
 
-    def __init__(self, config, workdir: Workdir, log=print):
+    def __init__(self, config, workdir: str | Workdir, log=print):
+        workdir = Workdir.of(workdir)
         d, e = config.data, config.eval
         self.config = config
         self.num_classes = data.get_spec(d.dataset).num_classes
@@ -102,7 +109,7 @@ class Scorer:
         Samples with NaN/inf pixels are left out and counted in ``diverged`` (a fraction); the
         metrics are NaN when fewer than two samples are finite.
         """
-        ok = np.all(np.isfinite(images01.reshape(len(images01), -1)), axis=1)
+        ok = finite_samples(images01)
         scores = {"diverged": float(1.0 - ok.mean())}
         if ok.sum() < 2:
             return {
@@ -168,10 +175,25 @@ def evaluate(config, workdir: str | Workdir, log=print) -> dict:
     config_lib.validate(config)
     wd = Workdir.of(workdir)
     net, inception_result = load_inception_or_reason(config.eval, log)  # before the expensive work
-    if not wd.samples_npz.exists():
-        log(f"No {wd.samples_npz}: sampling first.")
+    why = generate.samples_outdated(config, wd)
+    if why:
+        log(f"{why}: sampling first.")
         generate.sample_and_save(config, wd)
     generated = np.asarray(wd_lib.load_npz(wd.samples_npz)["images"], np.float32)
+    finite = finite_samples(generated)
+    n_non_finite = int(len(generated) - finite.sum())
+    if finite.sum() < 2:
+        raise ValueError(
+            f"{n_non_finite} of the {len(generated)} samples in {wd.samples_npz} have non-finite pixels: the sampler "
+            f"diverged ({config.sampling.method}). Sample again with more levels or a smaller step "
+            f"(config.sampling.{config.sampling.method}), or with the sign-preserving dale_langevin sampler."
+        )
+    if n_non_finite:
+        log(
+            f"{n_non_finite} of {len(generated)} samples have non-finite pixels (a diverged sampler): left out of "
+            "every metric below."
+        )
+    generated = generated[finite]
     e = config.eval
     scorer = Scorer(config, wd, log)
     gen_pred, gen_feats = scorer.features(generated)
@@ -182,7 +204,8 @@ def evaluate(config, workdir: str | Workdir, log=print) -> dict:
     pairs = np.stack([generated[:shown], scorer.train_u[nn_idx[:shown]]], axis=1).reshape(
         2 * shown, *generated.shape[1:]
     )
-    wd_lib.save_grid(wd.nearest_neighbours_png, pairs, ncols=8)
+    if parallel.is_chief():
+        wd_lib.save_grid(wd.nearest_neighbours_png, pairs, ncols=8)
     if net is not None:
         log(f"Inception-V3 features of {len(generated)} samples and {len(scorer.test_u)} test images (CPU) ...")
         inception_result = inception_metrics(
@@ -198,6 +221,7 @@ def evaluate(config, workdir: str | Workdir, log=print) -> dict:
     result = {
         "dataset": config.data.dataset,
         "n_generated": int(len(generated)),
+        "n_non_finite": n_non_finite,
         "n_test": int(len(scorer.test_u)),
         "classifier": {
             "test_accuracy": scorer.accuracy,
@@ -211,8 +235,9 @@ def evaluate(config, workdir: str | Workdir, log=print) -> dict:
         "nearest_train_distance": {"generated": _quantiles(nn_dist), "test_baseline": _quantiles(scorer.baseline_nn)},
         "inception": inception_result,
     }
-    wd_lib.write_json(wd.eval_json, result)
-    wd_lib.write_text(wd.eval_md, _report(result))
+    if parallel.is_chief():
+        wd_lib.write_json(wd.eval_json, result)
+        wd_lib.write_text(wd.eval_md, _report(result))
     log(
         f"offline FID {result['offline_fid']:.2f}, KID {kid_mean:.4f} +- {kid_std:.4f}, classifier test accuracy "
         f"{result['classifier']['test_accuracy']:.3f}, classes {result['class_histogram']['counts']} -> {wd.eval_md}"
@@ -245,7 +270,8 @@ def _report(r: dict) -> str:
         [
             f"# Evaluation: {r['dataset']}",
             "",
-            f"{r['n_generated']} generated samples against {r['n_test']} test images.",
+            f"{r['n_generated']} generated samples against {r['n_test']} test images"
+            + (f" ({r['n_non_finite']} more had non-finite pixels and are left out)." if r["n_non_finite"] else "."),
             "",
             "| metric | value |",
             "|---|---|",

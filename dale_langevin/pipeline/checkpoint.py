@@ -30,10 +30,13 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, wait: bool = Fal
 def restore_latest(mngr: ocp.CheckpointManager, like: Any) -> Any | None:
     """The latest checkpoint restored into the structure, shapes and dtypes of ``like``; ``None`` if there is none.
 
-    ``like`` may be concrete arrays or ``jax.ShapeDtypeStruct`` leaves (from ``jax.eval_shape``).
+    ``like`` may be concrete arrays or ``jax.ShapeDtypeStruct`` leaves (from ``jax.eval_shape``). Every
+    leaf is restored onto this process's first device, whatever the device count of the run that
+    saved it (Orbax would otherwise insist on the saved topology).
     """
     step = mngr.latest_step()
     if step is None:
         return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like)
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract))

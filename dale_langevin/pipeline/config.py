@@ -10,15 +10,16 @@ a sampler needs no edit here:
 * ``config.sampling.<method>``: the settings of every sampler in :mod:`dale_langevin.samplers`
   (its keyword-only parameters and their defaults).
 
-:func:`validate` requires every field of :func:`default_config` (``REQUIRED`` is derived from it;
-only the groups of the selected process and sampler), and checks each one before any work starts.
-The math objects check their own arguments; this module maps their errors to config paths.
+:func:`validate` requires every field of :func:`default_config` (:func:`required_fields`: only the
+groups of the selected process and sampler) and no field it lacks, and checks each one before any
+work starts. The math objects check their own arguments; this module maps their errors to config paths.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import typing
 from collections.abc import Mapping
@@ -104,6 +105,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.training.keep_checkpoints = 3
     c.training.sample_every = 20_000  # write a sample grid PNG; 0 = never during training
     c.training.sample_grid_steps = 200  # the sampler's n_steps for those periodic grids (if it has n_steps)
+    c.training.allow_resume_changes = False  # resume checkpoints although model/data/optimiser fields changed
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-4
@@ -207,6 +209,9 @@ def make_process(config) -> DiffusionProcess:
     try:
         return get_process(name, **config.process[name].to_dict())
     except (TypeError, ValueError) as err:
+        own = f"{PROCESSES[name].__name__}."  # "GBM.sigma must ..." -> "config.process.gbm.sigma must ..."
+        if str(err).startswith(own):
+            raise ValueError(f"config.process.{name}.{str(err)[len(own) :]}") from err
         raise _at(f"process.{name}", err) from err
 
 
@@ -237,6 +242,48 @@ def sampler_settings(config, **overrides) -> tuple[str, dict]:
     return method, spec.settings({**config.sampling[method].to_dict(), **overrides})
 
 
+# What a resumed run must share with the run that wrote its checkpoints: the state's shapes, the data
+# stream and the trajectory. Everything else (n_iters, intervals, sampling, eval, paths) may change.
+RESUME_FIELDS = (
+    "seed",
+    "process.name",
+    "data.dataset",
+    "data.shuffle_buffer",
+    "model",
+    "training.batch_size",
+    "training.weighting",
+    "training.t_sampling",
+    "training.n_time_levels",
+    "training.t_min",
+    "optim",
+    "ema",
+)
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, Mapping):
+        out = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.loads(json.dumps(node, default=str))}  # as config.json holds it (lists, not tuples)
+
+
+def resume_differences(saved: Mapping[str, Any], config) -> list[str]:
+    """The fields a resumed run must keep (:data:`RESUME_FIELDS` and ``process.<name>``) where ``saved`` differs.
+
+    ``saved`` is the ``config.json`` of the run that wrote the checkpoints; each entry reads
+    ``"config.model.channels: 8 -> 16"``. Empty when the run may resume.
+    """
+    fields = (*RESUME_FIELDS, f"process.{config.process.name}")
+    old, new = _flat(saved), _flat(config.to_dict())
+    return [
+        f"config.{p}: {old.get(p)!r} -> {new.get(p)!r}"
+        for p in sorted(set(old) | set(new))
+        if any(p == f or p.startswith(f + ".") for f in fields) and old.get(p) != new.get(p)
+    ]
+
+
 def loss_settings(config) -> dict:
     """The keyword arguments of :func:`dale_langevin.losses.dsm_loss` from ``config.training``."""
     t = config.training
@@ -257,10 +304,16 @@ def _validate_sampling(config, process: DiffusionProcess) -> None:
     group = s[s.method].to_dict()
     try:
         spec.validate(process, group)
-        if config.training.sample_every and "n_steps" in spec.defaults:  # the periodic grids' variant
-            spec.validate(process, {**group, "n_steps": config.training.sample_grid_steps})
     except ValueError as err:
         raise _at(f"sampling.{s.method}", err, spec.defaults) from err
+    if config.training.sample_every:  # the periodic grids' variant of the sampler
+        try:
+            spec.validate(process, {**group, **samplers.levels(s.method, config.training.sample_grid_steps)})
+        except ValueError as err:
+            raise ValueError(
+                f"config.training.sample_grid_steps={config.training.sample_grid_steps!r} makes the "
+                f"periodic grids' sampler invalid: {err}"
+            ) from err
     _require(s.start in STARTS, "sampling.start", f"must be one of {STARTS}, got {s.start!r}")
     _require(
         isinstance(s.n_samples, int) and s.n_samples >= 1,
@@ -270,10 +323,35 @@ def _validate_sampling(config, process: DiffusionProcess) -> None:
     parallel.per_device_batch(s.batch_size, "config.sampling.batch_size", local=True)
 
 
+def unknown_fields(config) -> list[str]:
+    """Leaves of ``config`` that :func:`default_config` does not have (``ablation.*`` excepted): typos, old names."""
+    known = set(_leaves(default_config()))
+    return [p for p in _leaves(config) if p not in known and not p.startswith("ablation.")]
+
+
 def validate(config) -> None:
-    """Checks a config before any work starts; raises ``ValueError`` naming the offending field."""
+    """Checks a config before any work starts; raises ``ValueError`` naming the offending field.
+
+    Every field of :func:`default_config` must be there (the selected process's and sampler's groups),
+    and no other (a misspelt or renamed field would otherwise be ignored).
+    """
     for path in required_fields(config):
         _get(config, path)
+    unknown = unknown_fields(config)
+    if unknown:
+        hints = [
+            f"config.{p}"
+            + (
+                f" (now config.sampling.<method>.{p.split('.')[-1]})"
+                if p.startswith("sampling.") and p.count(".") == 1
+                else ""
+            )
+            for p in unknown
+        ]
+        raise ValueError(
+            f"unknown config field(s): {', '.join(hints)}; the fields are those of "
+            "dale_langevin.pipeline.config.default_config()"
+        )
     process = make_process(config)
     try:
         spec = data.get_spec(config.data.dataset)

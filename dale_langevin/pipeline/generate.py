@@ -1,16 +1,18 @@
 """Drawing images from a trained model: the start (prior or class averages), pmapped sampler calls, files.
 
 ``sample_and_save(config, workdir)`` is what ``main --mode=sample`` calls: it restores the latest
-EMA parameters and writes ``samples.npz`` and ``samples.png``. The sampler itself is whatever
-``config.sampling.method`` names in the registry (:mod:`dale_langevin.samplers`), with the
-settings of its group ``config.sampling.<method>``.
+EMA parameters and writes ``samples.npz``, ``samples.png`` and ``samples.json`` (what they were
+drawn with). The sampler itself is whatever ``config.sampling.method`` names in the registry
+(:mod:`dale_langevin.samplers`), with the settings of its group ``config.sampling.<method>``.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,8 @@ from dale_langevin.losses import network_score_fn
 from dale_langevin.pipeline import config as config_lib, data, parallel, state as state_lib, workdir as wd_lib
 from dale_langevin.pipeline.workdir import Workdir
 
+STATS_KEYS = ("pixel_loc", "pixel_scale", "scalar_loc", "scalar_scale", "class_means")
+
 
 def start_stats(config, process, workdir: str | Workdir | None = None, *, write: bool = True) -> dict[str, np.ndarray]:
     """Per-pixel and scalar prior fits of ``X_T`` and per-class mean images, from the training split.
@@ -32,8 +36,12 @@ def start_stats(config, process, workdir: str | Workdir | None = None, *, write:
     """
     workdir = None if workdir is None else Workdir.of(workdir)
     if workdir is not None:
-        cached = wd_lib.load_npz(workdir.start_stats)
-        if cached is not None:
+        try:
+            cached = wd_lib.load_npz(workdir.start_stats)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # a damaged cache: rebuild it
+            print(f"Rebuilding {workdir.start_stats}: unreadable ({type(err).__name__}: {err})", flush=True)
+            cached = None
+        if cached is not None and set(cached) >= set(STATS_KEYS):
             return cached
     pixels, labels = data.load_arrays(
         config.data.dataset, "train", data_dir=config.data.data_dir, download=config.data.download
@@ -71,12 +79,14 @@ def initial_state(rng: jax.Array, process, stats: dict, start: str, n: int) -> t
 
 
 @functools.lru_cache(maxsize=32)
-def _pmapped_sampler(model, process, method: str, settings: tuple):
+def _pmapped_sampler(model, process, method: str, fn, settings: tuple):
     """``(params, rngs, x_T) -> x_0`` pmapped over local devices, built once per (model, process, sampler).
 
     Cached so that repeated :func:`generate` calls (periodic grids in training, notebooks, the
-    ablation runner) reuse one compiled sampler instead of tracing and compiling it again.
+    ablation runner) reuse one compiled sampler instead of tracing and compiling it again. ``fn``
+    (the registered function) is part of the key: a sampler registered anew is compiled anew.
     """
+    del fn  # a cache key only; samplers.sample looks the function up
     kwargs = dict(settings)
 
     def device_sample(params, rng, x_T):
@@ -94,7 +104,7 @@ def generate(config, process, model, params, stats: dict, rng: jax.Array, n: int
     """
     batch = config.sampling.batch_size
     method, settings = config_lib.sampler_settings(config, **(overrides or {}))
-    p_sample = _pmapped_sampler(model, process, method, tuple(sorted(settings.items())))
+    p_sample = _pmapped_sampler(model, process, method, samplers.get(method).fn, tuple(sorted(settings.items())))
     rparams = parallel.replicate(params)
     raws, labels = [], []
     for b in range(math.ceil(n / batch)):
@@ -133,6 +143,32 @@ def write_grid(
     return imgs
 
 
+def sample_record(config) -> dict:
+    """What a ``samples.npz`` was drawn with: sampler, settings, start, count, seed (JSON-ready, as in ``samples.json``)."""
+    method, settings = config_lib.sampler_settings(config)
+    s = config.sampling
+    record = dict(method=method, settings=settings, start=s.start, n_samples=s.n_samples, seed=config.seed)
+    return json.loads(json.dumps(record, default=str))
+
+
+def samples_outdated(config, workdir: str | Workdir) -> str | None:
+    """Why ``workdir``'s samples cannot stand for ``config``'s (missing, or drawn otherwise); ``None`` if they can.
+
+    Samples without a ``samples.json`` (brought from elsewhere) are taken as they are.
+    """
+    wd = Workdir.of(workdir)
+    if not wd.samples_npz.exists():
+        return f"No {wd.samples_npz}"
+    saved = wd_lib.read_json(wd.samples_json)
+    if saved is None:  # samples from elsewhere, or from before samples.json existed: taken as they are
+        return None
+    saved.pop("step", None)
+    want = sample_record(config)
+    if saved != want:
+        return f"{wd.samples_npz} was drawn with {saved} but the config asks for {want}"
+    return None
+
+
 def sample_and_save(config, workdir: str | Workdir) -> dict:
     """``--mode=sample``: latest EMA params -> ``samples.npz`` (images, raw, labels) and ``samples.png``.
 
@@ -159,9 +195,11 @@ def sample_and_save(config, workdir: str | Workdir) -> dict:
         start=s.start,
         network_evaluations=nfe,
         seconds=seconds,
+        non_finite=int(np.sum(~np.all(np.isfinite(raw.reshape(len(raw), -1)), axis=1))),
     )
     if parallel.is_chief():
         wd_lib.save_npz(wd.samples_npz, images=imgs, raw=raw, labels=labels)
+        wd_lib.write_json(wd.samples_json, {**sample_record(config), "step": summary["step"]})
         wd_lib.save_grid(wd.samples_png, imgs)
         levels = f", {settings['n_steps']} levels" if "n_steps" in settings else ""
         print(
@@ -170,4 +208,10 @@ def sample_and_save(config, workdir: str | Workdir) -> dict:
             f"{seconds:.1f} s wall (compile included) -> {wd.samples_png}",
             flush=True,
         )
+        if summary["non_finite"]:
+            print(
+                f"Warning: {summary['non_finite']} of {s.n_samples} samples are non-finite (the sampler diverged; they "
+                f"show black in the grid). Use more levels or a smaller step (config.sampling.{method}).",
+                flush=True,
+            )
     return summary

@@ -59,11 +59,21 @@ class _Logger:
             self.bar.close()
 
 
-def _grid_overrides(config) -> dict:
-    """The periodic grids' sampler override: ``n_steps = training.sample_grid_steps`` if the sampler has ``n_steps``."""
-    if "n_steps" in samplers.get(config.sampling.method).defaults:
-        return {"n_steps": config.training.sample_grid_steps}
-    return {}
+def _check_resume(config, wd: Workdir) -> None:
+    """Refuses to resume the checkpoints in ``wd`` with a config that changes their model, data stream or trajectory."""
+    saved = wd_lib.read_json(wd.config_json)
+    if saved is None:
+        return
+    differ = config_lib.resume_differences(saved, config)
+    if differ and not config.training.allow_resume_changes:
+        raise ValueError(
+            f"{wd} holds checkpoints of a run with another config; resuming would change:\n  "
+            + "\n  ".join(differ)
+            + "\nUse a new --workdir, or pass --config.training.allow_resume_changes=True to resume anyway "
+            "(a changed model or batch size then fails or starts another trajectory)."
+        )
+    if differ:
+        print("Resuming with changed fields (training.allow_resume_changes=True): " + "; ".join(differ), flush=True)
 
 
 def train_and_evaluate(config, workdir: str | Workdir) -> dict:
@@ -71,23 +81,30 @@ def train_and_evaluate(config, workdir: str | Workdir) -> dict:
 
     Writes ``config.json``, ``start_stats.npz`` (priors and class means), ``checkpoints/``,
     ``tensorboard/``, ``metrics.jsonl`` and ``samples/step_*.png`` (every ``training.sample_every`` steps).
-    A non-finite loss or parameter norm stops the run with ``FloatingPointError``; the last
-    checkpoint, written before it, stays the latest.
+    Resuming refuses a config that changes the model, data stream or trajectory of the saved run
+    (:func:`config.resume_differences`) unless ``training.allow_resume_changes``, and drops the
+    ``metrics.jsonl`` lines of steps after the restored checkpoint. A non-finite loss or parameter
+    norm stops the run with ``FloatingPointError``; the last checkpoint, written before it, stays
+    the latest.
     """
     config_lib.validate(config)
     wd = Workdir.of(workdir)
     chief = parallel.is_chief()
     wd.makedirs()
-    if chief:
-        wd_lib.write_json(wd.config_json, config.to_dict())
-
     process, model, step_fn, state = state_lib.build(config)
     t = config.training
     mngr = checkpoint.manager(wd.checkpoints, t.keep_checkpoints)
+    if mngr.latest_step() is not None:  # before restoring: a changed model would fail there with a shape error
+        _check_resume(config, wd)
     restored = checkpoint.restore_latest(mngr, state)
     if restored is not None:
         state = restored
     start = int(state.step)
+    if chief:
+        wd_lib.write_json(wd.config_json, config.to_dict())
+        dropped = wd_lib.keep_jsonl(wd.metrics_jsonl, lambda row: row.get("step", 0) <= start)
+        if dropped:
+            print(f"Dropped {dropped} line(s) of metrics.jsonl past the restored step {start}.", flush=True)
     stats = generate.start_stats(config, process, wd, write=chief)
 
     batches = data.train_iterator(
@@ -124,9 +141,15 @@ def train_and_evaluate(config, workdir: str | Workdir) -> dict:
             if at_log or at_ckpt:
                 values = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}  # the only host sync
                 if not all(np.isfinite(v) for v in values.values()):
+                    good = mngr.latest_step()
+                    where = (
+                        f"The last good checkpoint is step {good} in {wd.checkpoints}"
+                        if good is not None
+                        else "No checkpoint was written before it"
+                    )
                     raise FloatingPointError(
-                        f"non-finite training metrics at step {step}: {values}. The last good checkpoint is step "
-                        f"{mngr.latest_step()} in {wd.checkpoints}; lower optim.lr or check the data."
+                        f"non-finite training metrics at step {step}: {values}. {where}; lower optim.lr or check "
+                        "the data."
                     )
                 now = time.perf_counter()
                 values["images_per_sec"] = (step - tick_step) * t.batch_size / (now - tick)
@@ -143,7 +166,7 @@ def train_and_evaluate(config, workdir: str | Workdir) -> dict:
                     parallel.unreplicate(rstate).ema_params,
                     stats,
                     wd.grid(step),
-                    overrides=_grid_overrides(config),
+                    overrides=samplers.levels(config.sampling.method, t.sample_grid_steps),
                     write=chief,
                 )
     finally:

@@ -7,7 +7,7 @@ folder holds::
     config.json          the resolved config            metrics.jsonl   one JSON object per log step
     start_stats.npz      priors and class means         checkpoints/    Orbax train states
     tensorboard/         scalars                        samples/        step_XXXXXXX.png grids
-    samples.npz/.png     --mode=sample                  eval.json/.md   --mode=eval
+    samples.npz/.png/.json  --mode=sample               eval.json/.md   --mode=eval
     nearest_neighbours.png                              classifier/     the offline feature classifier
 
 An ablation's folder (``--mode=ablate``) holds ``train/<name>/`` (one run folder per training),
@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import os
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -90,6 +91,11 @@ class Workdir:
         return self.root / "samples.npz"
 
     @property
+    def samples_json(self) -> epath.Path:
+        """What ``samples.npz`` was drawn with (sampler, settings, start, count, seed, step)."""
+        return self.root / "samples.json"
+
+    @property
     def samples_png(self) -> epath.Path:
         return self.root / "samples.png"
 
@@ -133,7 +139,7 @@ class Workdir:
 
 def _atomic_write(path: epath.Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"  # unique across processes and hosts
     try:
         tmp.write_bytes(data)
         tmp.replace(path)
@@ -141,11 +147,6 @@ def _atomic_write(path: epath.Path, data: bytes) -> None:
         if tmp.exists():
             tmp.unlink()
         raise
-
-
-def write_bytes(path: epath.Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` atomically (parents created)."""
-    _atomic_write(path, data)
 
 
 def write_text(path: epath.Path, text: str) -> None:
@@ -211,6 +212,26 @@ def save_figure(path: epath.Path, figure: Any, dpi: int = 120) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     _atomic_write(path, buffer.getvalue())
+
+
+def keep_jsonl(path: epath.Path, keep) -> int:
+    """Rewrites the JSON-lines file at ``path`` with only the objects for which ``keep(obj)`` is true; returns how
+    many were dropped (0 if the file does not exist). A line that does not parse (a write cut short) is dropped."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            ok = keep(json.loads(line))
+        except json.JSONDecodeError:
+            ok = False
+        if ok:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        write_text(path, "".join(line + "\n" for line in kept))
+    return dropped
 
 
 class JsonLines:

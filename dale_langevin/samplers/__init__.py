@@ -19,11 +19,21 @@ from __future__ import annotations
 from dale_langevin.samplers import sde, ode, few_step  # noqa: F401  (registration, in the table's order)
 
 # isort: on
-from dale_langevin.samplers.registry import Sampler, get, names, network_evaluations, register, sample, unregister
+from dale_langevin.samplers.registry import (
+    Sampler,
+    get,
+    levels,
+    names,
+    network_evaluations,
+    register,
+    sample,
+    unregister,
+)
 from dale_langevin.samplers.sde import dale_langevin_update, euler_maruyama_update, sign_agnostic_update
 
 __all__ = [
     "Sampler",
+    "levels",
     "dale_langevin_update",
     "euler_maruyama_update",
     "get",

@@ -181,6 +181,12 @@ def sample(
     return spec.fn(rng, score_fn, x_T, process, **full, **options)
 
 
+def levels(method: str, n_steps: int) -> dict[str, int]:
+    """``{"n_steps": n_steps}`` if sampler ``method`` has that setting, else ``{}``: how the pipeline asks any sampler
+    for a number of levels (periodic grids, ablation rows and curves)."""
+    return {"n_steps": n_steps} if "n_steps" in get(method).defaults else {}
+
+
 def network_evaluations(method: str, settings: Mapping[str, Any] | None = None) -> int:
     """Network evaluations per sample of ``method`` under ``settings`` (defaults for the rest)."""
     spec = get(method)
