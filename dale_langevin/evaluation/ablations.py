@@ -76,11 +76,8 @@ def _override(config, overrides):
     """A copy of ``config`` with ``overrides`` ``{path: value}``; a path that names no field raises (no silent new field)."""
     overrides = dict(overrides)
     for path in overrides:
-        node = config
-        for part in path.split("."):
-            if not hasattr(node, "keys") or part not in node:
-                raise ValueError(f"config.ablation: the override {path!r} names no config field")
-            node = node[part]
+        if not config_lib.has_field(config, path):
+            raise ValueError(f"config.ablation: the override {path!r} names no config field")
     c = copy.deepcopy(config)
     with c.unlocked():
         c.update_from_flattened_dict(overrides)

@@ -53,11 +53,6 @@ def _quantiles(d: np.ndarray) -> dict:
     return {q: float(np.quantile(d, p)) for q, p in (("p05", 0.05), ("median", 0.5), ("p95", 0.95))}
 
 
-def finite_samples(images: np.ndarray) -> np.ndarray:
-    """Boolean ``(N,)``: which samples ``(N, ...)`` have only finite values (a diverged sampler makes NaNs)."""
-    return np.all(np.isfinite(np.asarray(images).reshape(len(images), -1)), axis=1)
-
-
 class Scorer:
     """The reference side of every sample-set score: train and test images, and the offline classifier.
 
@@ -109,7 +104,7 @@ class Scorer:
         Samples with NaN/inf pixels are left out and counted in ``diverged`` (a fraction); the
         metrics are NaN when fewer than two samples are finite.
         """
-        ok = finite_samples(images01)
+        ok = generate.finite_samples(images01)
         scores = {"diverged": float(1.0 - ok.mean())}
         if ok.sum() < 2:
             return {
@@ -180,7 +175,7 @@ def evaluate(config, workdir: str | Workdir, log=print) -> dict:
         log(f"{why}: sampling first.")
         generate.sample_and_save(config, wd)
     generated = np.asarray(wd_lib.load_npz(wd.samples_npz)["images"], np.float32)
-    finite = finite_samples(generated)
+    finite = generate.finite_samples(generated)
     n_non_finite = int(len(generated) - finite.sum())
     if finite.sum() < 2:
         raise ValueError(

@@ -177,15 +177,14 @@ def required_fields(config) -> tuple[str, ...]:
     return tuple(p for p in _leaves(default_config()) if not p.startswith(skip))
 
 
-def _get(config, path: str):
+def has_field(config, path: str) -> bool:
+    """True if the dotted ``path`` (``"sampling.ode.solver"``) names a field of ``config``."""
     node = config
     for part in path.split("."):
         if not hasattr(node, "keys") or part not in node:
-            raise ValueError(
-                f"config is missing field 'config.{path}' (start from dale_langevin.pipeline.config.default_config())"
-            )
+            return False
         node = node[part]
-    return node
+    return True
 
 
 def _at(path: str, err: Exception, fields=()) -> ValueError:
@@ -336,7 +335,10 @@ def validate(config) -> None:
     and no other (a misspelt or renamed field would otherwise be ignored).
     """
     for path in required_fields(config):
-        _get(config, path)
+        if not has_field(config, path):
+            raise ValueError(
+                f"config is missing field 'config.{path}' (start from dale_langevin.pipeline.config.default_config())"
+            )
     unknown = unknown_fields(config)
     if unknown:
         hints = [

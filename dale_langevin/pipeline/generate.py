@@ -27,6 +27,11 @@ from dale_langevin.pipeline.workdir import Workdir
 STATS_KEYS = ("pixel_loc", "pixel_scale", "scalar_loc", "scalar_scale", "class_means")
 
 
+def finite_samples(samples: np.ndarray) -> np.ndarray:
+    """Boolean ``(N,)``: which samples ``(N, ...)`` have only finite values (a diverged sampler makes NaNs)."""
+    return np.all(np.isfinite(np.asarray(samples).reshape(len(samples), -1)), axis=1)
+
+
 def start_stats(config, process, workdir: str | Workdir | None = None, *, write: bool = True) -> dict[str, np.ndarray]:
     """Per-pixel and scalar prior fits of ``X_T`` and per-class mean images, from the training split.
 
@@ -195,7 +200,7 @@ def sample_and_save(config, workdir: str | Workdir) -> dict:
         start=s.start,
         network_evaluations=nfe,
         seconds=seconds,
-        non_finite=int(np.sum(~np.all(np.isfinite(raw.reshape(len(raw), -1)), axis=1))),
+        non_finite=int(np.sum(~finite_samples(raw))),
     )
     if parallel.is_chief():
         wd_lib.save_npz(wd.samples_npz, images=imgs, raw=raw, labels=labels)
