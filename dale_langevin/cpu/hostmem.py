@@ -6,7 +6,8 @@ and gives them back with ``munmap``, so every step page-faults the whole buffer 
 2-core development machine that was about 240,000 minor faults and 20% of the step. With
 ``mallopt`` set to one arena, no ``mmap`` blocks and no trimming, the freed buffer is reused
 and the faults disappear. XLA frees buffers asynchronously, so the heap still grows for the
-first few calls (4-10 in the tests' probe) before the freed blocks are reused; then it stays flat.
+first few calls before the freed blocks are reused, and how soon that happens depends on the
+machine: the benchmark reports faults per step (``minor_faults_per_call``) under the mode in use.
 
 Process-wide and only effective before JAX starts its backends (threads pick their arena at
 their first allocation), so the entry points (``main``, ``benchmarks.run``) call
