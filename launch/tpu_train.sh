@@ -7,7 +7,8 @@
 #   logs    follow ~/$MODE.log of worker LOG_WORKER (default 0) with tail -F; Ctrl-C stops watching
 #           only, the run goes on
 #   status  on all workers: running or not, and the last lines of the log
-#   stop    on all workers: kill the process group started by `start` (by the id in ~/$MODE.pid)
+#   stop    on all workers: SIGTERM the process group started by `start` (by the id in ~/$MODE.pid);
+#           training saves the step it is at and exits with status 143; `start` again resumes there
 #
 # Settings (environment variables):
 #   PROJECT, ZONE     required  as for tpu_create.sh

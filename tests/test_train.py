@@ -3,9 +3,12 @@
 import json
 import os
 import pathlib
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import chex
 import jax
@@ -24,25 +27,36 @@ def load_config(name: str):
     return config_lib.load_config_file(ROOT / "configs" / f"{name}.py")
 
 
+# The demo config shrunk to seconds: 8-channel two-level U-Net, batch 8. A dict, so that the same
+# settings can be given to ``main`` as command-line overrides.
+TINY = {
+    "model.channels": 8,
+    "model.channel_mult": (1, 2),
+    "training.batch_size": 8,
+    "training.n_iters": 6,
+    "training.log_every": 2,
+    "training.ckpt_every": 3,
+    "training.sample_every": 6,
+    "training.sample_grid_steps": 2,
+    "optim.warmup_steps": 2,
+    "sampling.dale_langevin.n_steps": 5,
+    "sampling.dale_langevin.denoise_steps": 2,
+    "sampling.n_samples": 6,
+    "sampling.batch_size": 4,
+    "eval.inception": "off",  # a networked machine would otherwise fetch 88 MB of Inception weights
+}
+
+
 def tiny_config(**overrides):
-    """The demo config shrunk to seconds: 8-channel two-level U-Net, batch 8."""
+    """The demo config with :data:`TINY` and then ``overrides`` applied."""
     c = load_config("demo")
-    c.model.channels = 8
-    c.model.channel_mult = (1, 2)
-    c.training.batch_size = 8
-    c.training.n_iters = 6
-    c.training.log_every = 2
-    c.training.ckpt_every = 3
-    c.training.sample_every = 6
-    c.training.sample_grid_steps = 2
-    c.optim.warmup_steps = 2
-    c.sampling.dale_langevin.n_steps = 5
-    c.sampling.dale_langevin.denoise_steps = 2
-    c.sampling.n_samples = 6
-    c.sampling.batch_size = 4
-    c.eval.inception = "off"  # a networked machine would otherwise fetch 88 MB of Inception weights
-    c.update_from_flattened_dict(overrides)
+    c.update_from_flattened_dict({**TINY, **overrides})
     return c
+
+
+def main_flags(settings: dict) -> list[str]:
+    """``--config.<field>=<value>`` flags for ``python -m dale_langevin.main``."""
+    return [f"--config.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in settings.items()]
 
 
 @pytest.mark.parametrize("name", ["default", "mnist", "fmnist", "kmnist", "cifar10", "demo"])
@@ -351,6 +365,143 @@ def test_a_checkpoint_restores_on_another_device_count(trained_run, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "restored step 6" in out.stdout
+
+
+def _damage(step_dir: pathlib.Path, how: str) -> None:
+    data = sorted((step_dir / "default" / "ocdbt.process_0" / "d").iterdir(), key=lambda p: p.stat().st_size)
+    if how == "truncated data":
+        with open(data[-1], "r+b") as f:
+            f.truncate(data[-1].stat().st_size // 2)
+    elif how == "empty metadata":
+        (step_dir / "default" / "_METADATA").write_text("")
+    elif how == "arrays deleted":
+        for path in data:
+            path.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated data", "empty metadata", "arrays deleted"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_step(trained_run, tmp_path, capsys, how):
+    c, workdir, _ = trained_run
+    copy = _copy_run(workdir, tmp_path)
+    _damage(pathlib.Path(copy) / "checkpoints" / "6", how)
+    restored = state_lib.restore_latest(c, copy)  # what sample and eval modes use: read-only
+    assert int(restored.step) == 3
+    out = capsys.readouterr().out
+    assert "Checkpoint step 6 in" in out and "does not restore" in out and "Restored step 3 instead" in out
+    assert sorted(os.listdir(os.path.join(copy, "checkpoints"))) == ["3", "6"]  # sampling moves nothing
+
+
+def test_training_sets_a_damaged_checkpoint_aside_and_redoes_its_steps(trained_run, tmp_path, capsys):
+    c, workdir, _ = trained_run
+    copy = _copy_run(workdir, tmp_path)
+    _damage(pathlib.Path(copy) / "checkpoints" / "6", "truncated data")
+    train.train_and_evaluate(tiny_config(), copy)
+    out = capsys.readouterr().out
+    assert "Moved it aside to" in out and "Resuming at step 3/6" in out
+    names = sorted(os.listdir(os.path.join(copy, "checkpoints")))
+    assert names[:2] == ["3", "6"] and len(names) == 3 and names[2].startswith("6.damaged-")
+    _, _, _, like = state_lib.build(c)
+    again = checkpoint.restore_latest(checkpoint.manager(Workdir(copy).checkpoints), like)
+    full = checkpoint.restore_latest(checkpoint.manager(Workdir(workdir).checkpoints), like)
+    chex.assert_trees_all_close(again.params, full.params, rtol=1e-5, atol=1e-6)
+
+
+def test_no_restorable_checkpoint_lists_each_step(trained_run, tmp_path):
+    c, workdir, _ = trained_run
+    copy = _copy_run(workdir, tmp_path)
+    for step in ("3", "6"):
+        _damage(pathlib.Path(copy) / "checkpoints" / step, "empty metadata")
+    with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint in .* restores:\n  step 6: .*\n  step 3: "):
+        state_lib.restore_latest(c, copy)
+
+
+@pytest.mark.parametrize("mode", ["sample", "eval"])
+def test_sample_and_eval_on_an_empty_workdir_say_train_first_and_write_nothing(tmp_path, mode):
+    from dale_langevin import main
+
+    empty = tmp_path / "never_trained"
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint in .*never_trained/checkpoints: train first"):
+        main.run(tiny_config(), str(empty), mode)
+    assert not empty.exists()
+
+
+def test_main_run_refuses_an_unknown_mode(tmp_path):
+    from dale_langevin import main
+
+    with pytest.raises(ValueError, match=r"mode must be one of \('train', 'sample', 'eval', 'ablate'\), got 'tune'"):
+        main.run(tiny_config(), str(tmp_path), "tune")
+
+
+def _main(workdir, settings: dict, log: pathlib.Path) -> subprocess.Popen:
+    """``python -m dale_langevin.main`` on the demo config with ``settings`` as flags; output to ``log``."""
+    cmd = [sys.executable, "-m", "dale_langevin.main", "--config=configs/demo.py", f"--workdir={workdir}"]
+    # A file, not a pipe: the progress bar would fill a pipe nobody reads and block the run.
+    # The suite's compilation cache (conftest), so that the legs and the reference compile once.
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    return subprocess.Popen(
+        cmd + main_flags(settings), cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+
+
+def _logged(workdir) -> dict:
+    path = os.path.join(workdir, "metrics.jsonl")
+    return {m["step"]: m for m in map(json.loads, open(path))} if os.path.exists(path) else {}
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_it_is_at_exits_143_and_a_rerun_continues_the_trajectory(tmp_path):
+    """A real SIGTERM to ``main`` mid-run; the rerun's losses and parameters match an uninterrupted run."""
+    workdir, log = tmp_path / "run", tmp_path / "main.log"
+    settings = {
+        **TINY,
+        "training.n_iters": 100_000,
+        "training.log_every": 1,
+        "training.ckpt_every": 100_000,  # no periodic checkpoint: only the preemption save
+        "training.sample_every": 0,
+        "training.keep_checkpoints": 1,
+        "sampling.dale_langevin.n_steps": 2,
+        "sampling.n_samples": 4,
+    }
+    run = _main(workdir, settings, log)
+    try:
+        deadline = time.monotonic() + 300  # start-up and compilation take ~30 s here
+        while len(_logged(workdir)) < 3:
+            assert run.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=120) == 143, log.read_text()[-3000:]
+    finally:
+        run.kill()
+    out = log.read_text()
+    k = int(re.search(r"Preempted: saved step (\d+) in .*checkpoints and stopped", out)[1])
+    assert k >= 3 and os.listdir(workdir / "checkpoints") == [str(k)]  # keep_checkpoints=1
+    assert "Training done" not in out and not (workdir / "samples.npz").exists()
+
+    settings["training.n_iters"] = k + 2
+    rerun = _main(workdir, settings, log)
+    try:
+        assert rerun.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        rerun.kill()
+    out = log.read_text()
+    assert f"Resuming at step {k}/{k + 2}" in out and (workdir / "samples.npz").exists()
+    assert os.listdir(workdir / "checkpoints") == [str(k + 2)]
+
+    reference = tmp_path / "uninterrupted"
+    train.train_and_evaluate(tiny_config(**settings), str(reference))
+    got, want = _logged(workdir), _logged(reference)
+    assert sorted(got) == sorted(want) == list(range(1, k + 3))  # lines past step k from the first leg: none
+    np.testing.assert_allclose([got[s]["loss"] for s in want], [want[s]["loss"] for s in want], rtol=1e-5)
+    _, _, _, like = state_lib.build(tiny_config())
+    resumed = checkpoint.restore_latest(checkpoint.manager(Workdir(str(workdir)).checkpoints), like)
+    uninterrupted = checkpoint.restore_latest(checkpoint.manager(Workdir(str(reference)).checkpoints), like)
+    chex.assert_trees_all_close(resumed.params, uninterrupted.params, rtol=1e-5, atol=1e-6)
 
 
 def test_non_finite_loss_at_the_first_log_says_no_checkpoint_exists(tmp_path):

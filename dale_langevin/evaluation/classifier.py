@@ -118,5 +118,5 @@ def load_or_train(
     if params is not None:
         return model, params, False
     model, params = train_classifier(images, labels, num_classes=num_classes, epochs=epochs, seed=seed, log=log)
-    checkpoint.save(mngr, epochs, params, wait=True)
+    checkpoint.save(mngr, epochs, params)
     return model, params, True

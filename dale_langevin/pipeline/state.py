@@ -143,13 +143,12 @@ def build(config, rng: jax.Array | None = None, model=None):
 def restore_latest(config, workdir: str | Workdir):
     """The latest ``TrainState`` in ``workdir.checkpoints``, restored against its abstract shapes.
 
-    Raises ``FileNotFoundError`` when there is no checkpoint.
+    Read-only: nothing is created in ``workdir``. A damaged newest step falls back to the previous
+    one (:func:`checkpoint.restore_latest`). Raises ``FileNotFoundError`` when there is no checkpoint.
     """
     workdir = Workdir.of(workdir)
-    like = jax.eval_shape(lambda: build(config)[3])  # shapes only: no parameter initialisation
-    restored = checkpoint.restore_latest(
-        checkpoint.manager(workdir.checkpoints, config.training.keep_checkpoints), like
-    )
-    if restored is None:
+    mngr = checkpoint.manager(workdir.checkpoints, config.training.keep_checkpoints, create=False)
+    if mngr.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {workdir.checkpoints}: train first (--mode=train)")
-    return restored
+    like = jax.eval_shape(lambda: build(config)[3])  # shapes only: no parameter initialisation
+    return checkpoint.restore_latest(mngr, like)

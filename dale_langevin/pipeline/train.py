@@ -19,6 +19,7 @@ from dale_langevin.pipeline import (
     data,
     generate,
     parallel,
+    preemption,
     state as state_lib,
     workdir as wd_lib,
 )
@@ -85,7 +86,9 @@ def train_and_evaluate(config, workdir: str | Workdir) -> dict:
     (:func:`config.resume_differences`) unless ``training.allow_resume_changes``, and drops the
     ``metrics.jsonl`` lines of steps after the restored checkpoint. A non-finite loss or parameter
     norm stops the run with ``FloatingPointError``; the last checkpoint, written before it, stays
-    the latest.
+    the latest. A failed save raises :class:`checkpoint.CheckpointError` at once. On SIGTERM the
+    loop saves the step it is at and raises :class:`preemption.Preempted` (every process at the
+    same step); rerunning resumes there.
     """
     config_lib.validate(config)
     wd = Workdir.of(workdir)
@@ -93,10 +96,12 @@ def train_and_evaluate(config, workdir: str | Workdir) -> dict:
     wd.makedirs()
     process, model, step_fn, state = state_lib.build(config)
     t = config.training
+    if chief:
+        checkpoint.check_writable(wd.checkpoints)
     mngr = checkpoint.manager(wd.checkpoints, t.keep_checkpoints)
     if mngr.latest_step() is not None:  # before restoring: a changed model would fail there with a shape error
         _check_resume(config, wd)
-    restored = checkpoint.restore_latest(mngr, state)
+    restored = checkpoint.restore_latest(mngr, state, quarantine=chief)
     if restored is not None:
         state = restored
     start = int(state.step)
@@ -130,46 +135,49 @@ def train_and_evaluate(config, workdir: str | Workdir) -> dict:
             flush=True,
         )
     last, tick, tick_step = {}, time.perf_counter(), start
-    try:
-        for step in range(start + 1, t.n_iters + 1):
-            rstate, metrics = p_step(rstate, parallel.shard_batch(next(batches)))
-            logger.advance()
-            at_log, at_ckpt = (
-                step % t.log_every == 0 or step == t.n_iters,
-                step % t.ckpt_every == 0 or step == t.n_iters,
-            )
-            if at_log or at_ckpt:
-                values = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}  # the only host sync
-                if not all(np.isfinite(v) for v in values.values()):
-                    good = mngr.latest_step()
-                    where = (
-                        f"The last good checkpoint is step {good} in {wd.checkpoints}"
-                        if good is not None
-                        else "No checkpoint was written before it"
-                    )
-                    raise FloatingPointError(
-                        f"non-finite training metrics at step {step}: {values}. {where}; lower optim.lr or check "
-                        "the data."
-                    )
-                now = time.perf_counter()
-                values["images_per_sec"] = (step - tick_step) * t.batch_size / (now - tick)
-                tick, tick_step, last = now, step, values
-                if at_log:
-                    logger.scalars(step, values)
-            if at_ckpt:
-                checkpoint.save(mngr, step, parallel.unreplicate(rstate))
-            if t.sample_every and step % t.sample_every == 0:
-                generate.write_grid(
-                    config,
-                    process,
-                    model,
-                    parallel.unreplicate(rstate).ema_params,
-                    stats,
-                    wd.grid(step),
-                    overrides=samplers.levels(config.sampling.method, t.sample_grid_steps),
-                    write=chief,
+    with preemption.Watch() as watch:
+        try:
+            for step in range(start + 1, t.n_iters + 1):
+                rstate, metrics = p_step(rstate, parallel.shard_batch(next(batches)))
+                logger.advance()
+                stop = watch.reached(step)  # a SIGTERM: save this step, then stop
+                at_log, at_ckpt = (
+                    step % t.log_every == 0 or step == t.n_iters,
+                    step % t.ckpt_every == 0 or step == t.n_iters or stop,
                 )
-    finally:
-        mngr.wait_until_finished()
-        logger.close()
+                if at_log or at_ckpt:
+                    values = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}  # the only host sync
+                    if not all(np.isfinite(v) for v in values.values()):
+                        good = mngr.latest_step()
+                        where = (
+                            f"The last good checkpoint is step {good} in {wd.checkpoints}"
+                            if good is not None
+                            else "No checkpoint was written before it"
+                        )
+                        raise FloatingPointError(
+                            f"non-finite training metrics at step {step}: {values}. {where}; lower optim.lr or check "
+                            "the data."
+                        )
+                    now = time.perf_counter()
+                    values["images_per_sec"] = (step - tick_step) * t.batch_size / (now - tick)
+                    tick, tick_step, last = now, step, values
+                    if at_log:
+                        logger.scalars(step, values)
+                if at_ckpt:
+                    checkpoint.save(mngr, step, parallel.unreplicate(rstate))
+                if stop:
+                    raise preemption.Preempted(step, wd.checkpoints)
+                if t.sample_every and step % t.sample_every == 0:
+                    generate.write_grid(
+                        config,
+                        process,
+                        model,
+                        parallel.unreplicate(rstate).ema_params,
+                        stats,
+                        wd.grid(step),
+                        overrides=samplers.levels(config.sampling.method, t.sample_grid_steps),
+                        write=chief,
+                    )
+        finally:
+            logger.close()
     return last
