@@ -68,6 +68,7 @@ def test_integrals_match_quadrature(name):
 
 def test_default_is_published_setting():
     sde = GBM()
+    assert (sde.sigma, sde.mu, sde.T, sde.schedule, sde.data_offset) == (0.8, None, 1.0, "constant", 1.0)
     t = jnp.array([0.25, 1.0])
     np.testing.assert_allclose(sde.mu_t(t), 0.32 * np.ones(2), rtol=1e-6)  # mu = sigma**2 / 2
     np.testing.assert_allclose(sde.log_drift(t), np.zeros(2), atol=1e-7)  # zero drift of log X
@@ -157,10 +158,28 @@ def test_fit_prior_matches_pushed_forward_data(per_pixel):
 
 @pytest.mark.parametrize("bad", [0.0, -0.3, float("nan")])
 def test_fit_prior_rejects_non_positive_data(bad):
-    x0 = np.ones((4, 3))
+    x0 = np.full((4, 3), 0.5)  # values in (0, 1) are valid: only <= 0 or non-finite are refused
+    fit_prior(x0 * np.linspace(0.1, 1.9, 4)[:, None], GBM())
     x0[2, 1] = bad
-    with pytest.raises(ValueError, match="> 0"):
+    with pytest.raises(ValueError, match=rf"> 0 .*found 1 value\(s\) <= 0 or non-finite, e\.g\. {bad!r}"):
         fit_prior(x0, GBM())
+
+
+def test_fit_prior_is_per_pixel_by_default():
+    x0 = jnp.exp(jax.random.normal(jax.random.key(7), (16, 3, 2)))
+    chex.assert_shape(fit_prior(x0, GBM()).loc, (3, 2))
+    chex.assert_shape(GBM().fit_prior(x0).loc, (3, 2))
+
+
+@pytest.mark.parametrize(
+    "sde", [GBM(), GBM(sigma=0.7, mu=0.1), GBM(sigma=0.2, schedule="linear", sigma_end=2.0)], ids=str
+)
+def test_log_drift_coefficient_in_closed_form(sde):
+    """``mu(t) - 1.5 sigma(t)**2``: the reverse sampler's log-drift, written out per schedule."""
+    t = jnp.array([0.0, 0.3, 1.0])
+    sigma = sde.sigma + ((sde.sigma_end or sde.sigma) - sde.sigma) * np.asarray(t) / sde.T
+    mu = 0.5 * sigma**2 if sde.mu is None else sde.mu
+    np.testing.assert_allclose(sde.log_drift_coeff(t), mu - 1.5 * sigma**2, rtol=1e-6)
 
 
 def test_fit_prior_needs_two_examples():

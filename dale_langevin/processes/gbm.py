@@ -204,7 +204,7 @@ def fit_prior(x0, process: GBM, per_pixel: bool = True) -> LogNormalPrior:
         bad = x0[~(np.isfinite(x0) & (x0 > 0))]
         raise ValueError(
             f"fit_prior needs finite data > 0 (GBM data are images shifted by data_offset="
-            f"{process.data_offset}); found {bad.size} value(s) <= 0 or non-finite, e.g. {bad.flat[0]!r}"
+            f"{process.data_offset}); found {bad.size} value(s) <= 0 or non-finite, e.g. {float(bad.flat[0])}"
         )
     mean, var = data_moments(np.log(x0.astype(np.float64)), per_pixel)
     loc, var_t = process.push_forward_log_moments(mean, var, process.T)
