@@ -105,7 +105,8 @@ def restore_latest(mngr: ocp.CheckpointManager, like: Any, *, quarantine: bool =
         try:
             restored = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # each kind of damage raises its own type (ValueError, JSONDecodeError, ...)
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            first_line = (str(e).splitlines() or [""])[0][:300]
+            reason = f"{type(e).__name__}: {first_line}"
             errors.append(f"step {step}: {reason}")
             log(f"Checkpoint step {step} in {mngr.directory} does not restore ({reason}).")
             if quarantine:

@@ -7,6 +7,7 @@ call directly. The step itself is the pure function of :mod:`.state`; pmap is ap
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
@@ -135,49 +136,46 @@ def train_and_evaluate(config, workdir: str | Workdir) -> dict:
             flush=True,
         )
     last, tick, tick_step = {}, time.perf_counter(), start
-    with preemption.Watch() as watch:
-        try:
-            for step in range(start + 1, t.n_iters + 1):
-                rstate, metrics = p_step(rstate, parallel.shard_batch(next(batches)))
-                logger.advance()
-                stop = watch.reached(step)  # a SIGTERM: save this step, then stop
-                at_log, at_ckpt = (
-                    step % t.log_every == 0 or step == t.n_iters,
-                    step % t.ckpt_every == 0 or step == t.n_iters or stop,
-                )
-                if at_log or at_ckpt:
-                    values = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}  # the only host sync
-                    if not all(np.isfinite(v) for v in values.values()):
-                        good = mngr.latest_step()
-                        where = (
-                            f"The last good checkpoint is step {good} in {wd.checkpoints}"
-                            if good is not None
-                            else "No checkpoint was written before it"
-                        )
-                        raise FloatingPointError(
-                            f"non-finite training metrics at step {step}: {values}. {where}; lower optim.lr or check "
-                            "the data."
-                        )
-                    now = time.perf_counter()
-                    values["images_per_sec"] = (step - tick_step) * t.batch_size / (now - tick)
-                    tick, tick_step, last = now, step, values
-                    if at_log:
-                        logger.scalars(step, values)
-                if at_ckpt:
-                    checkpoint.save(mngr, step, parallel.unreplicate(rstate))
-                if stop:
-                    raise preemption.Preempted(step, wd.checkpoints)
-                if t.sample_every and step % t.sample_every == 0:
-                    generate.write_grid(
-                        config,
-                        process,
-                        model,
-                        parallel.unreplicate(rstate).ema_params,
-                        stats,
-                        wd.grid(step),
-                        overrides=samplers.levels(config.sampling.method, t.sample_grid_steps),
-                        write=chief,
+    with preemption.Watch() as watch, contextlib.closing(logger):
+        for step in range(start + 1, t.n_iters + 1):
+            rstate, metrics = p_step(rstate, parallel.shard_batch(next(batches)))
+            logger.advance()
+            stop = watch.reached(step)  # a SIGTERM: save this step, then stop
+            at_log, at_ckpt = (
+                step % t.log_every == 0 or step == t.n_iters,
+                step % t.ckpt_every == 0 or step == t.n_iters or stop,
+            )
+            if at_log or at_ckpt:
+                values = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}  # the only host sync
+                if not all(np.isfinite(v) for v in values.values()):
+                    good = mngr.latest_step()
+                    where = (
+                        f"The last good checkpoint is step {good} in {wd.checkpoints}"
+                        if good is not None
+                        else "No checkpoint was written before it"
                     )
-        finally:
-            logger.close()
+                    raise FloatingPointError(
+                        f"non-finite training metrics at step {step}: {values}. {where}; lower optim.lr or check "
+                        "the data."
+                    )
+                now = time.perf_counter()
+                values["images_per_sec"] = (step - tick_step) * t.batch_size / (now - tick)
+                tick, tick_step, last = now, step, values
+                if at_log:
+                    logger.scalars(step, values)
+            if at_ckpt:
+                checkpoint.save(mngr, step, parallel.unreplicate(rstate))
+            if stop:
+                raise preemption.Preempted(step, wd.checkpoints)
+            if t.sample_every and step % t.sample_every == 0:
+                generate.write_grid(
+                    config,
+                    process,
+                    model,
+                    parallel.unreplicate(rstate).ema_params,
+                    stats,
+                    wd.grid(step),
+                    overrides=samplers.levels(config.sampling.method, t.sample_grid_steps),
+                    write=chief,
+                )
     return last
