@@ -6,6 +6,10 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=2".strip()
 
+import atexit  # noqa: E402
+import contextlib  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402  (must follow the flag)
@@ -13,7 +17,9 @@ import pytest  # noqa: E402
 
 # Identical computations compiled by different tests (each train run builds its own step) are
 # compiled once: a persistent cache private to this session.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="jax_cache_"))
+_CACHE_DIR = tempfile.mkdtemp(prefix="jax_cache_")
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
@@ -21,3 +27,17 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 @pytest.fixture(scope="session")
 def n_devices() -> int:
     return jax.local_device_count()
+
+
+@pytest.fixture(scope="session")
+def raises_naming():
+    """``raises_naming(field, ...)``: expects a ``ValueError`` whose message names ``field`` as a whole word.
+
+    A plain ``match=field`` also accepts a message that names a longer field containing it (or a
+    mangled one); this does not.
+    """
+
+    def expect(field: str, exc: type[Exception] = ValueError) -> contextlib.AbstractContextManager:
+        return pytest.raises(exc, match=rf"(?<![\w.]){re.escape(field)}(?![\w])")
+
+    return expect

@@ -124,9 +124,24 @@ def test_cond_score_is_x_times_grad_of_kernel_log_density(name):
         (dict(data_offset=0.0), "GBM.data_offset"),
     ],
 )
-def test_invalid_fields_raise_naming_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=field):
+def test_invalid_fields_raise_naming_the_field(kwargs, field, raises_naming):
+    with raises_naming(field):
         GBM(**kwargs)
+
+
+def test_unknown_weighting_is_named(raises_naming):
+    with raises_naming("weighting"):
+        GBM().loss_weight(jnp.array([0.5]), "snr")
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_time_from_log_var_inverts_log_var(name):
+    sde = SCHEDULES[name]
+    t = jnp.linspace(0.0, sde.T, 33)
+    # Bisection to float32 resolution: measured at most 3 ulps of T (linear_mu); allowed 8.
+    ulp = np.finfo(np.float32).eps * sde.T
+    np.testing.assert_allclose(sde.time_from_log_var(sde.log_var(t)), t, rtol=0, atol=8 * ulp)
+    chex.assert_shape(sde.time_from_log_var(jnp.zeros((2, 3))), (2, 3))
 
 
 def test_gbm_is_hashable_static_argument():

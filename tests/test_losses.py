@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dale_langevin import GBM, VESDE, VPSDE, LogNormalMixture, dsm_per_example, mesm_loss
-from dale_langevin.losses import dsm_loss, network_score_fn, sample_time
+from dale_langevin.losses import check_settings, dsm_loss, network_score_fn, sample_time
 
 
 def _batch(sde, key, shape=(6, 4, 4, 1), t_range=(0.05, 1.0)):
@@ -137,5 +137,58 @@ def test_per_example_keys_do_not_depend_on_the_batch_split():
     whole = dsm_loss(keys, score, x0, sde)
     halves = 0.5 * (dsm_loss(keys[:4], score, x0[:4], sde) + dsm_loss(keys[4:], score, x0[4:], sde))
     np.testing.assert_allclose(whole, halves, rtol=1e-6)
-    with pytest.raises(ValueError, match="one per example"):
+    with pytest.raises(ValueError, match=r"one per example \(8,\), got shape \(3,\)"):
         dsm_loss(keys[:3], score, x0, sde)
+
+
+def test_default_time_sampling_is_the_published_grid_of_1000_levels():
+    sde = GBM()
+    k = np.asarray(sample_time(jax.random.key(11), 20_000, sde)) * 1000
+    np.testing.assert_allclose(k, np.round(k), atol=2e-3)  # T k / 1000, k an integer
+    assert 1 <= round(k.min()) <= 10 and 990 <= round(k.max()) <= 999
+    u = np.asarray(sample_time(jax.random.key(12), 20_000, sde, "uniform"))  # U[t_min = 1e-3, T]
+    assert 1e-3 <= u.min() < 1e-3 + 1e-3 and u.max() <= sde.T
+
+
+def test_dsm_loss_defaults_are_the_published_settings():
+    sde = GBM()
+    x0 = sde.encode(jax.random.uniform(jax.random.key(13), (16, 4, 4, 1)))
+    score = network_score_fn(lambda inp, level: 0.3 * inp + level[:, None, None, None], sde)
+    published = dict(weighting="published", t_sampling="grid", n_time_levels=1000)
+    for rng in (jax.random.key(14), jax.random.split(jax.random.key(14), 16)):
+        assert float(dsm_loss(rng, score, x0, sde)) == float(dsm_loss(rng, score, x0, sde, **published))
+
+
+def test_each_example_gets_its_own_time_and_noise():
+    """Per-example keys: example i's loss term is the one its key alone gives for a batch of one."""
+    sde = GBM()
+    x0 = sde.encode(jax.random.uniform(jax.random.key(15), (4, 3, 3, 1)))
+    keys = jax.random.split(jax.random.key(16), 4)
+    score = network_score_fn(lambda inp, level: 0.1 * inp, sde)
+    alone = [float(dsm_loss(keys[i : i + 1], score, x0[i : i + 1], sde)) for i in range(4)]
+    np.testing.assert_allclose(float(dsm_loss(keys, score, x0, sde)), np.mean(alone), rtol=1e-6)
+    assert len(set(alone)) == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(weighting="snr"), "weighting"),
+        (dict(t_sampling="sobol"), "t_sampling"),
+        (dict(n_time_levels=1), "n_time_levels"),
+        (dict(n_time_levels=10.0), "n_time_levels"),
+        (dict(t_sampling="uniform", t_min=0.0), "t_min"),
+        (dict(t_sampling="uniform", t_min=1.0), "t_min"),  # = T: an empty interval
+    ],
+)
+def test_bad_loss_settings_are_named(kwargs, field, raises_naming):
+    with raises_naming(field):
+        check_settings(GBM(), **kwargs)
+
+
+def test_the_smallest_settings_are_accepted():
+    sde = GBM()
+    t = sample_time(jax.random.key(17), 64, sde, "grid", n_time_levels=2)  # one level: T / 2
+    np.testing.assert_allclose(t, np.full(64, 0.5))
+    u = sample_time(jax.random.key(18), 64, sde, "uniform", t_min=0.999)
+    assert float(u.min()) >= 0.999

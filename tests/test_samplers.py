@@ -99,10 +99,42 @@ def test_updates_match_paper_formulas():
     np.testing.assert_allclose(gap, 0.5 * s2 * dt, rtol=2e-2)
 
 
-def _reference_loop(rng, hyv_fn, x, sde, method, n_steps, step_size, n_inner, noise_decay, denoise_steps):
+def test_euler_maruyama_update_matches_the_reverse_sde_formula():
+    # VP: f = -beta(t) x / 2, g^2 = beta(t) = 0.1 + 19.9 t; reverse step x - dt (f - g^2 s) + g sqrt(dt) z.
+    sde = VPSDE()
+    x, s, z = jnp.array([[1.2, -0.5]]), jnp.array([[0.3, -2.0]]), jnp.array([[0.4, -1.1]])
+    t, dt = jnp.array([0.5]), 1e-2
+    beta = 0.1 + 19.9 * 0.5
+    want = x - dt * (-0.5 * beta * x - beta * s) + np.sqrt(beta * dt) * z
+    np.testing.assert_allclose(euler_maruyama_update(x, s, t, dt, z, sde), want, rtol=1e-6)
+
+
+def test_time_grid_in_closed_form():
+    np.testing.assert_allclose(time_grid(SDE, 4), [1.0, 0.75, 0.5, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(time_grid(SDE, 4, t_end=0.2), [1.0, 0.8, 0.6, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(time_grid(GBM(T=2.0), 2, t_end=0.5), [2.0, 1.25], rtol=1e-6)
+
+
+def test_default_step_is_the_level_spacing_down_to_t_end():
+    """``step_size=None`` uses d = (T - t_end) / n_steps, with t_end set too."""
+    x_T = MIXTURE.sample_marginal(jax.random.key(12), SDE, SDE.T, (8, 3))
+    got = sample(jax.random.key(13), _exact_hyv, x_T, SDE, n_steps=4, t_end=0.2)
+    ref = _reference_loop(jax.random.key(13), _exact_hyv, x_T, SDE, "dale_langevin", 4, 0.2, 1, 1.0, 0, t_end=0.2)
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+def test_one_step_is_one_update_at_T():
+    x_T = MIXTURE.sample_marginal(jax.random.key(14), SDE, SDE.T, (8, 3))
+    z = jax.random.normal(jax.random.fold_in(jax.random.fold_in(jax.random.key(15), 0), 0), x_T.shape)
+    t = jnp.full((8,), SDE.T)
+    want = dale_langevin_update(x_T, _exact_hyv(x_T, t), t, SDE.T, z, SDE)
+    np.testing.assert_allclose(sample(jax.random.key(15), _exact_hyv, x_T, SDE, n_steps=1), want, rtol=1e-6)
+
+
+def _reference_loop(rng, hyv_fn, x, sde, method, n_steps, step_size, n_inner, noise_decay, denoise_steps, t_end=0.0):
     """Plain Python loop with the documented semantics, for comparison with the scan."""
     update = {"dale_langevin": dale_langevin_update, "sign_agnostic": sign_agnostic_update}[method]
-    levels = np.asarray(time_grid(sde, n_steps))
+    levels = np.asarray(time_grid(sde, n_steps, t_end))
     tb = lambda t: jnp.full((x.shape[0],), t, jnp.float32)
     for i, t in enumerate(levels):
         for j in range(n_inner):
@@ -167,12 +199,13 @@ def test_pmap_gives_distinct_per_device_samples(n_devices):
         (dict(denoise_steps=-1), "denoise_steps"),
         (dict(t_end=1.0), "t_end"),
         (dict(step_size=0.0), "step_size"),
+        (dict(step_size=float("inf")), "step_size"),
         (dict(noise_decay=0.0), "noise_decay"),
         (dict(noise_decay=1.5), "noise_decay"),
     ],
 )
-def test_bad_arguments_raise(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_arguments_raise(kwargs, message, raises_naming):
+    with raises_naming(message):
         sample(jax.random.key(0), _exact_hyv, jnp.ones((2, 2)), SDE, **kwargs)
 
 
