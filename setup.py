@@ -25,6 +25,7 @@ setup(
         "numpy>=1.26",
         "tensorflow-cpu>=2.16",  # tf.data for TFDS and TensorBoard summaries; JAX does the math
         "tensorflow-datasets>=4.9.6",
+        "grain>=0.2.10",  # the training stream: indexed by batch number, so a restart does not replay
         "pillow>=10",
         "tqdm>=4.66",
         "tensorboard>=2.16",  # flax.metrics.tensorboard writes through tf.summary

@@ -141,3 +141,16 @@ def test_vs_torch_reads_each_rounds_ratios_and_takes_medians(report, tmp_path):
         vs_torch.round_ratios({"configs": {"demo": c}}, "demo", batch=4, forward_batch=4)
     with pytest.raises(SystemExit):
         vs_torch.parse_args(["--torch_python=python", "--out_dir=x", "--rounds=0"])
+
+
+def test_data_restart_benchmark_reports_every_start(tmp_path):
+    from benchmarks import data_restart
+
+    out = tmp_path / "restart.json"
+    r = data_restart.main(["--starts=5,5000000", "--repeats=1", "--read_batches=3", "--batch=16", f"--out={out}"])
+    with open(out) as f:
+        assert json.load(f) == r
+    assert r["dataset"] == "embedded_mnist" and r["examples"] == 4500 and r["global_batch"] == 16
+    assert set(r["restart"]) == {"5", "5000000"}
+    assert all(_positive(v["median_s"]) for v in r["restart"].values())
+    assert _positive(r["batches_per_s"]) and _positive(r["cold_s"])

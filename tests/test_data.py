@@ -81,8 +81,8 @@ def test_embedded_splits_balanced_and_disjoint():
 
 
 @pytest.mark.parametrize("sde, lo, hi", [(GBM(), 1.0, 2.0), (VESDE(), -1.0, 1.0)])
-def test_embedded_iterator_shapes_and_encode(sde, lo, hi):
-    it = data.train_iterator("embedded_mnist", host_batch=64, encode=sde.encode)
+def test_embedded_batches_shapes_and_encode(sde, lo, hi):
+    it = data.train_batches("embedded_mnist", global_batch=64, encode=sde.encode)
     for _ in range(3):
         b = next(it)
         chex.assert_shape(b["images"], (64, 28, 28, 1))
@@ -94,19 +94,20 @@ def test_embedded_iterator_shapes_and_encode(sde, lo, hi):
         assert set(np.unique(b["labels"])) <= set(range(10))
 
 
-def test_embedded_iterator_deterministic_per_seed():
-    def first(seed, n=4):
-        it = data.train_iterator("embedded_mnist", host_batch=32, encode=IDENTITY, seed=seed)
-        return [next(it) for _ in range(n)]
+def _first(n: int, **kwargs) -> list[dict]:
+    it = data.train_batches("embedded_mnist", encode=IDENTITY, **kwargs)
+    return [next(it) for _ in range(n)]
 
-    a, b, c = first(0), first(0), first(1)
+
+def test_embedded_batches_deterministic_per_seed():
+    a, b, c = _first(4, global_batch=32, seed=0), _first(4, global_batch=32, seed=0), _first(1, global_batch=32, seed=1)
     for x, y in zip(a, b):
         chex.assert_trees_all_equal(x, y)
     assert not np.array_equal(a[0]["images"], c[0]["images"])
 
 
 def test_embedded_epochs_visit_each_train_example_once():
-    it = data.train_iterator("embedded_mnist", host_batch=100, encode=IDENTITY, seed=3)
+    it = data.train_batches("embedded_mnist", global_batch=100, encode=IDENTITY, seed=3)
     want = collections.Counter(_row_keys(*data.load_arrays("embedded_mnist", "train")))
     epoch1, epoch2 = _epoch_keys(it, 45), _epoch_keys(it, 45)  # 4500 / 100
     assert collections.Counter(epoch1) == want
@@ -114,32 +115,58 @@ def test_embedded_epochs_visit_each_train_example_once():
     assert epoch1 != epoch2  # a fresh permutation each epoch
 
 
-def test_embedded_multi_host_shards_partition_train():
-    kw = dict(host_batch=50, encode=IDENTITY, seed=0, process_count=2)
-    its = [data.train_iterator("embedded_mnist", process_index=p, **kw) for p in range(2)]
-    assert next(its[0])["images"].shape == (50, 28, 28, 1)
-    its = [data.train_iterator("embedded_mnist", process_index=p, **kw) for p in range(2)]
-    shards = [_epoch_keys(it, 45) for it in its]  # 2250 per host / 50 per host batch
+def test_processes_read_disjoint_slices_of_the_same_global_batches():
+    """2 processes x 50 = the global batch of 1 process x 100, slice by slice; each example read by one process."""
+    whole = _first(45, global_batch=100, seed=0)
+    parts = [_first(45, global_batch=100, seed=0, process_index=p, process_count=2) for p in range(2)]
+    for k in range(45):
+        chex.assert_shape(parts[0][k]["images"], (50, 28, 28, 1))
+        joined = {f: np.concatenate([parts[0][k][f], parts[1][k][f]]) for f in ("images", "labels")}
+        chex.assert_trees_all_equal(joined, whole[k])
+    shards = [_row_keys(np.rint(np.concatenate([b["images"] for b in part]) * 255).astype(np.uint8),
+                        np.concatenate([b["labels"] for b in part])) for part in parts]  # fmt: skip
     assert len(set(shards[0])) == len(set(shards[1])) == 2250
     assert not set(shards[0]) & set(shards[1])
-    assert set(shards[0]) | set(shards[1]) == set(_row_keys(*data.load_arrays("embedded_mnist", "train")))
 
 
-def test_bad_iterator_arguments():
-    with pytest.raises(ValueError, match="host_batch"):
-        data.train_iterator("embedded_mnist", host_batch=0, encode=IDENTITY)
+def test_a_late_start_gives_the_same_batches_in_constant_time():
+    stream = _first(7, global_batch=64, seed=5)
+    chex.assert_trees_all_equal(_first(2, global_batch=64, seed=5, start=5), stream[5:])
+    chex.assert_trees_all_equal(_first(1, global_batch=64, seed=5, start=3, read_threads=0), stream[3:4])
+
+    def first_batch_seconds(start: int) -> float:
+        t = time.perf_counter()
+        next(data.train_batches("embedded_mnist", global_batch=64, encode=IDENTITY, seed=5, start=start))
+        return time.perf_counter() - t
+
+    first_batch_seconds(0)  # warm: the embedded file, Grain's imports
+    early = min(first_batch_seconds(100) for _ in range(3))
+    late = min(first_batch_seconds(10_000_000) for _ in range(3))  # a replay would take hours
+    assert late < 10 * early + 0.5, (early, late)
+
+
+def test_bad_batch_arguments(raises_naming):
+    kw = dict(encode=IDENTITY)
+    with raises_naming("global_batch"):
+        data.train_batches("embedded_mnist", global_batch=0, **kw)
     with pytest.raises(ValueError, match="process_index=3"):
-        data.train_iterator("embedded_mnist", host_batch=8, encode=IDENTITY, process_index=3, process_count=3)
-    with pytest.raises(ValueError, match=r"config\.training\.batch_size"):  # more than one host's shard
-        data.train_iterator("embedded_mnist", host_batch=4600, encode=IDENTITY)
-    with pytest.raises(ValueError, match=r"config\.data\.dataset"):
-        data.train_iterator("svhn", host_batch=8, encode=IDENTITY)
+        data.train_batches("embedded_mnist", global_batch=9, process_index=3, process_count=3, **kw)
+    with raises_naming("config.training.batch_size"):  # not divisible by the processes
+        data.train_batches("embedded_mnist", global_batch=9, process_index=0, process_count=2, **kw)
+    with raises_naming("config.training.batch_size"):  # more than the split
+        data.train_batches("embedded_mnist", global_batch=4600, **kw)
+    with raises_naming("start"):
+        data.train_batches("embedded_mnist", global_batch=8, start=-1, **kw)
+    with raises_naming("config.data.read_threads"):
+        data.train_batches("embedded_mnist", global_batch=8, read_threads=-1, **kw)
+    with raises_naming("config.data.dataset"):
+        data.train_batches("svhn", global_batch=8, **kw)
 
 
 def test_embedded_path_does_not_import_tensorflow():
     code = (
         "import sys; from dale_langevin.pipeline import data; "
-        "next(data.train_iterator('embedded_mnist', host_batch=8, encode=lambda u: u)); "
+        "next(data.train_batches('embedded_mnist', global_batch=8, encode=lambda u: u)); "
         "data.load_arrays('embedded_mnist', 'test'); "
         "assert 'tensorflow' not in sys.modules and 'tensorflow_datasets' not in sys.modules, 'TF imported'"
     )
@@ -168,16 +195,10 @@ def tfds():
 def test_tfds_iterator_and_arrays_under_mock(tfds, name, tmp_path):
     spec = data.get_spec(name)
     with tfds.testing.mock_data(num_examples=40):
-        it = data.train_iterator(
-            name,
-            host_batch=8,
-            encode=GBM().encode,
-            data_dir=str(tmp_path),
-            shuffle_buffer=32,
-            process_index=1,
-            process_count=2,
+        it = data.train_batches(
+            name, global_batch=16, encode=GBM().encode, data_dir=str(tmp_path), process_index=1, process_count=2
         )
-        for _ in range(3):  # past one pass of a host's 20 examples: repeat works
+        for _ in range(6):  # past one pass of the 40 examples: repeat works
             b = next(it)
             chex.assert_shape(b["images"], (8, *spec.image_shape))
             chex.assert_shape(b["labels"], (8,))
@@ -215,7 +236,7 @@ def test_offline_unprepared_fails_fast(tfds, name, download, tmp_path, monkeypat
     monkeypatch.setattr(data.urllib.request, "getproxies", lambda: {})
     start = time.monotonic()
     with pytest.raises(data.DataUnavailableError) as info:
-        data.train_iterator(name, host_batch=8, encode=IDENTITY, data_dir=str(tmp_path), download=download)
+        data.train_batches(name, global_batch=8, encode=IDENTITY, data_dir=str(tmp_path), download=download)
     with pytest.raises(data.DataUnavailableError):
         data.load_arrays(name, data_dir=str(tmp_path), download=download)
     assert time.monotonic() - start < 15.0
@@ -250,3 +271,63 @@ def test_failed_download_becomes_unavailable(tfds, tmp_path, monkeypatch):
     with pytest.raises(data.DataUnavailableError, match="Max retries exceeded") as info:
         data.load_arrays("fashion_mnist", data_dir=str(tmp_path))
     _check_unavailable(info.value, "fashion_mnist", str(tmp_path))
+
+
+# -- a prepared TFDS directory, written from the embedded digits (what a TPU VM reads from a bucket) -
+
+
+@pytest.fixture(scope="module")
+def prepared(tfds, tmp_path_factory):
+    """``data_dir`` holding the embedded digits as TFDS ``mnist`` 3.0.1 in ArrayRecord files."""
+    data_dir = tmp_path_factory.mktemp("tfds_prepared")
+    data.write_embedded_as_tfds(str(data_dir), "mnist")
+    return str(data_dir)
+
+
+def test_training_batches_from_a_prepared_tfds_directory(prepared):
+    assert data.load_arrays("mnist", "train", data_dir=prepared, download=False)[0].shape == (4500, 28, 28, 1)
+    for split in ("train", "test"):  # the same examples as the embedded split, in TFDS's file order
+        want = collections.Counter(_row_keys(*data.load_arrays("embedded_mnist", split)))
+        assert collections.Counter(_row_keys(*data.load_arrays("mnist", split, data_dir=prepared))) == want
+    parts = [
+        data.train_batches(
+            "mnist",
+            global_batch=100,
+            encode=IDENTITY,
+            data_dir=prepared,
+            download=False,
+            process_index=p,
+            process_count=2,
+        )
+        for p in range(2)
+    ]
+    shards = [_epoch_keys(it, 45) for it in parts]  # one epoch: 45 global batches of 100
+    assert not set(shards[0]) & set(shards[1])
+    assert collections.Counter(shards[0] + shards[1]) == collections.Counter(
+        _row_keys(*data.load_arrays("embedded_mnist", "train"))
+    )
+
+
+def test_reading_a_prepared_directory_imports_no_tensorflow(prepared):
+    code = (
+        "import sys; from dale_langevin.pipeline import data; "
+        f"it = data.train_batches('mnist', global_batch=8, encode=lambda u: u, data_dir={prepared!r}, download=False); "
+        "next(it); assert 'tensorflow' not in sys.modules, 'TF imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_directory_without_the_set_is_named(prepared):
+    with pytest.raises(data.DataUnavailableError) as info:
+        data.train_batches("kmnist", global_batch=8, encode=IDENTITY, data_dir=prepared, download=False)
+    _check_unavailable(info.value, "kmnist", prepared)
+
+
+def test_a_tfrecord_directory_is_read_by_tf_data_and_refused_for_training_with_the_fix(tfds, tmp_path):
+    data.write_embedded_as_tfds(str(tmp_path), "fashion_mnist", file_format="tfrecord")
+    images, labels = data.load_arrays("fashion_mnist", "test", data_dir=str(tmp_path), download=False)
+    want = collections.Counter(_row_keys(*data.load_arrays("embedded_mnist", "test")))
+    assert collections.Counter(_row_keys(images, labels)) == want
+    with pytest.raises(data.DataUnavailableError, match="--file_format=array_record") as info:
+        data.train_batches("fashion_mnist", global_batch=8, encode=IDENTITY, data_dir=str(tmp_path), download=False)
+    assert "tfds convert_format" in str(info.value)

@@ -78,6 +78,7 @@ def test_published_settings_in_fmnist_config():
     "overrides, field",
     [
         ({"data.dataset": "imagenet"}, "config.data.dataset"),
+        ({"data.read_threads": -1}, "config.data.read_threads"),
         ({"training.batch_size": 7}, "config.training.batch_size"),
         ({"process.name": "cld"}, "config.process.name"),
         ({"process.gbm.sigma": -1.0}, "config.process.gbm.sigma must be"),
@@ -128,6 +129,11 @@ def test_unknown_and_renamed_fields_are_refused():
     with pytest.raises(ValueError, match=r"config\.sampling\.n_steps \(now config\.sampling\.<method>\.n_steps\)"):
         config_lib.validate(c)
     assert sorted(config_lib.unknown_fields(c)) == ["sampling.n_steps", "training.weightng"]
+    c = tiny_config()
+    with c.unlocked():
+        c.data.shuffle_buffer = 10_000  # the tf.data pipeline's field, gone with Grain
+    with pytest.raises(ValueError, match=r"config\.data\.shuffle_buffer \(removed: .*full permutation"):
+        config_lib.validate(c)
 
 
 def test_required_fields_derive_from_the_defaults():
@@ -637,3 +643,28 @@ def test_eval_mode_writes_report(trained_run):
         tiny_config(**{"eval.classifier_epochs": 1, "eval.kid_subsets": 4, "sampling.n_samples": 4}), workdir
     )
     assert fewer["n_generated"] == 4 and json.load(open(os.path.join(workdir, "samples.json")))["n_samples"] == 4
+
+
+def test_training_from_a_prepared_tfds_directory(tmp_path):
+    """The TPU-VM data path: TFDS ``mnist`` prepared on disk (ArrayRecord), read by index, never downloaded."""
+    from dale_langevin.pipeline import data
+
+    data_dir = tmp_path / "tfds"
+    data.write_embedded_as_tfds(str(data_dir), "mnist")
+    c = tiny_config(
+        **{
+            "data.dataset": "mnist",
+            "data.data_dir": str(data_dir),
+            "data.download": False,
+            "training.n_iters": 2,
+            "training.sample_every": 0,
+        }
+    )
+    metrics = train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert np.isfinite(metrics["loss"])
+    assert Workdir.of(str(tmp_path / "run")).checkpoints.joinpath("2").exists()
+    with pytest.raises(data.DataUnavailableError, match="kmnist"):
+        train.train_and_evaluate(
+            tiny_config(**{"data.dataset": "kmnist", "data.data_dir": str(data_dir), "data.download": False}),
+            str(tmp_path / "other"),
+        )

@@ -83,7 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.dataset = "mnist"  # embedded_mnist | mnist | fashion_mnist | kmnist | cifar10
     c.data.data_dir = config_dict.placeholder(str)  # TFDS data dir (a gs:// bucket on TPU VMs)
     c.data.download = True  # let TFDS download when the data are not prepared (needs network)
-    c.data.shuffle_buffer = 10_000
+    c.data.read_threads = 4  # threads reading and encoding batches ahead of the train step (0: inline)
 
     c.model = ml_collections.ConfigDict()
     c.model.channels = 64
@@ -247,7 +247,6 @@ RESUME_FIELDS = (
     "seed",
     "process.name",
     "data.dataset",
-    "data.shuffle_buffer",
     "model",
     "training.batch_size",
     "training.weighting",
@@ -346,6 +345,8 @@ def validate(config) -> None:
             + (
                 f" (now config.sampling.<method>.{p.split('.')[-1]})"
                 if p.startswith("sampling.") and p.count(".") == 1
+                else " (removed: the training stream is a full permutation of the split every epoch)"
+                if p == "data.shuffle_buffer"
                 else ""
             )
             for p in unknown
@@ -359,6 +360,12 @@ def validate(config) -> None:
         spec = data.get_spec(config.data.dataset)
     except ValueError as err:
         raise _at("data.dataset", err) from err
+    threads = config.data.read_threads
+    _require(
+        isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0,
+        "data.read_threads",
+        f"must be an int >= 0, got {threads!r}",
+    )
     t = config.training
     parallel.per_device_batch(t.batch_size, "config.training.batch_size")
     for field in ("n_iters", "log_every", "ckpt_every", "keep_checkpoints"):

@@ -4,13 +4,17 @@ Two entry points:
 
 * :func:`load_arrays` -- a whole split in memory, ``uint8`` images ``(N, H, W, C)`` and ``int32``
   labels ``(N,)``; for prior fitting, class means, classifiers and evaluation.
-* :func:`train_iterator` -- an infinite stream of this host's training batches already encoded into
-  a process's domain, ``images`` ``(host_batch, H, W, C)``; :mod:`.parallel` splits them over devices.
+* :func:`train_batches` -- this process's share of every global training batch, already encoded
+  into a process's domain, ``images`` ``(host_batch, H, W, C)``; :mod:`.parallel` splits them over
+  devices. A Grain ``MapDataset`` indexed by the batch number: a restart at step ``k`` starts there.
 
-``embedded_mnist`` reads the 5,000 packaged digits and never imports TensorFlow. TFDS datasets
-import ``tensorflow``/``tensorflow_datasets`` lazily and hide accelerators from TensorFlow, so JAX
-keeps them. A TFDS dataset that is neither prepared nor downloadable raises
+``embedded_mnist`` reads the 5,000 packaged digits and never imports TensorFlow; neither does
+training from a TFDS set prepared as ArrayRecord files (``tfds.data_source``). :func:`load_arrays`
+reads TFDS sets through ``tf.data``, importing ``tensorflow`` lazily with accelerators hidden from
+it, so JAX keeps them. A TFDS dataset that is neither prepared nor downloadable raises
 :class:`DataUnavailableError` within seconds instead of hanging in the downloader's retries.
+:func:`write_embedded_as_tfds` writes the embedded digits as a prepared TFDS directory (offline
+tests and trials of the TFDS path).
 """
 
 from __future__ import annotations
@@ -184,36 +188,32 @@ def unreachable_host(urls: list[str]) -> OSError | None:
     return None
 
 
-def _tfds_dataset(
-    spec: DatasetSpec,
-    split: Any,
-    *,
-    data_dir: str | None,
-    download: bool,
-    shuffle_files: bool,
-    seed: int,
-) -> Any:
-    """The ``tf.data.Dataset`` of feature dicts for ``split``, downloading only when it is missing.
+def _data_source(spec: DatasetSpec, split: str, *, data_dir: str | None, download: bool) -> Any | None:
+    """``split`` of a TFDS set as a random-access source (``tfds.data_source``, no TensorFlow to read).
 
-    Order: prepared -> read it; else try reading anyway (``tfds.testing.mock_data`` fakes data here
-    without preparing anything); else, if ``download``, probe the download hosts for a fast offline
-    failure, then ``download_and_prepare``. Every "cannot get it" ends in :class:`DataUnavailableError`.
+    Prepared as ArrayRecord (or faked by ``tfds.testing.mock_data``) -> that source; prepared as
+    TFRecord (sequential files) -> ``None``. Missing -> if ``download``, probe the download hosts for
+    a fast offline failure, then ``download_and_prepare`` as ArrayRecord and read that. Every "cannot
+    get it" ends in :class:`DataUnavailableError`.
     """
-    _, tfds = import_tf()
-    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
-    where = str(data_dir if data_dir is not None else builder.data_dir_root)
-    read = functools.partial(
-        builder.as_dataset,
-        split=split,
-        shuffle_files=shuffle_files,
-        read_config=tfds.ReadConfig(shuffle_seed=seed),
-    )
-    if builder.is_prepared():
+    import tensorflow_datasets as tfds
+
+    def read():
+        return tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False)
+
+    prepared = tfds.builder(spec.tfds_name, data_dir=data_dir)
+    if prepared.is_prepared():
+        formats = (prepared.info.file_format, *getattr(prepared.info, "alternative_file_formats", ()))
+        if not any(f is not None and f.value in ("array_record", "parquet") for f in formats):
+            return None  # TFRecord only: no random access
         return read()
     try:
-        return read()
-    except Exception as err:
+        return read()  # tfds.testing.mock_data fakes sources without preparing anything
+    except Exception as err:  # not prepared (tfds raises several kinds)
         missing = err
+    import_tf()  # the downloader needs TensorFlow: hide accelerators from it first
+    builder = tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
+    where = str(data_dir if data_dir is not None else builder.data_dir_root)
     if not download:
         raise _unavailable(spec, where, "download=False and no prepared copy was found") from missing
     try:
@@ -231,9 +231,31 @@ def _tfds_dataset(
     return read()
 
 
-def _image_label(tf: Any) -> Callable[[dict[str, Any]], tuple[Any, Any]]:
-    # Keep only what we use, still uint8, so shuffle buffers stay 4x smaller than float32.
-    return lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32))
+def _read_all(source: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` records of a data source as ``uint8 (n, H, W, C)`` images and ``int32 (n,)`` labels."""
+    images, labels = [], []
+    for lo in range(0, n, _CHUNK):
+        keys = range(lo, min(lo + _CHUNK, n))
+        try:
+            records = source.__getitems__(keys)  # one batched read of the files
+        except TypeError:  # tfds.testing.mock_data's sources take one key at a time
+            records = [source[i] for i in keys]
+        images += [r["image"] for r in records]
+        labels += [r["label"] for r in records]
+    return np.stack(images).astype(np.uint8, copy=False), np.asarray(labels, np.int32)
+
+
+def _tfrecord_arrays(spec: DatasetSpec, split: str, data_dir: str | None, max_examples: int | None):
+    """A split prepared as TFRecord files, read in order through ``tf.data``."""
+    tf, tfds = import_tf()
+    ds = tfds.builder(spec.tfds_name, data_dir=data_dir).as_dataset(split=split, shuffle_files=False)
+    ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)), num_parallel_calls=tf.data.AUTOTUNE)
+    if max_examples is not None:
+        ds = ds.take(max_examples)
+    chunks = list(tfds.as_numpy(ds.batch(_CHUNK)))
+    if not chunks:
+        return np.zeros((0, *spec.image_shape), np.uint8), np.zeros((0,), np.int32)
+    return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]).astype(np.int32)
 
 
 # -- public loaders ------------------------------------------------------------------------------
@@ -251,7 +273,8 @@ def load_arrays(
 
     ``embedded_mnist`` has ``"train"`` (4,500: the first 450 of each digit) and ``"test"`` (500: the
     last 50 of each digit), both balanced and sorted by class. TFDS datasets take any TFDS split
-    string, read in file order. ``max_examples`` keeps the first ``N`` of those.
+    string, read in file order (ArrayRecord through ``tfds.data_source``, TFRecord through
+    ``tf.data``). ``max_examples`` keeps the first ``N`` of those.
     """
     spec = get_spec(name)
     if max_examples is not None and max_examples < 0:
@@ -259,20 +282,13 @@ def load_arrays(
     if spec.tfds_name is None:
         images, labels = _embedded_arrays(split)
         return images[:max_examples], labels[:max_examples]
-
-    tf, tfds = import_tf()
-    ds = _tfds_dataset(spec, split, data_dir=data_dir, download=download, shuffle_files=False, seed=0)
-    ds = ds.map(_image_label(tf), num_parallel_calls=tf.data.AUTOTUNE)
-    if max_examples is not None:
-        ds = ds.take(max_examples)
-    # Chunked rather than tfds.load(batch_size=-1): that asks for the whole split as one batch,
-    # which aborts the process under tfds.testing.mock_data (split size unknown).
-    chunks = list(tfds.as_numpy(ds.batch(_CHUNK)))
-    if not chunks:
+    source = _data_source(spec, split, data_dir=data_dir, download=download)
+    if source is None:
+        return _tfrecord_arrays(spec, split, data_dir, max_examples)
+    n = len(source) if max_examples is None else min(max_examples, len(source))
+    if n == 0:
         return np.zeros((0, *spec.image_shape), np.uint8), np.zeros((0,), np.int32)
-    images = np.concatenate([c[0] for c in chunks]).astype(np.uint8, copy=False)
-    labels = np.concatenate([c[1] for c in chunks]).astype(np.int32, copy=False)
-    return images, labels
+    return _read_all(source, n)
 
 
 def _to_host_batch(images: np.ndarray, labels: np.ndarray, encode: Callable[[np.ndarray], np.ndarray]) -> dict:
@@ -284,72 +300,140 @@ def _to_host_batch(images: np.ndarray, labels: np.ndarray, encode: Callable[[np.
     return {"images": x, "labels": np.asarray(labels, np.int32)}
 
 
-def train_iterator(
+class _ArraySource:
+    """Random access to in-memory ``uint8`` images ``(N, H, W, C)`` and labels ``(N,)``, as TFDS records."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return {"image": self.images[i], "label": self.labels[i]}
+
+
+def train_source(name: str, *, data_dir: str | None = None, download: bool = True) -> Any:
+    """The whole train split of ``name`` as a sequence of ``{"image": uint8 (H, W, C), "label": int}``.
+
+    ``embedded_mnist``: the 4,500 packaged train digits, no TensorFlow. TFDS sets: read once through
+    ``tfds.data_source`` over ArrayRecord files (a prepared ``data_dir``, local or ``gs://``),
+    decoded without TensorFlow and held in memory: every set here is at most 150 MB decoded, and
+    decoding each PNG again at every visit would cap the stream at a few thousand examples/s.
+    """
+    spec = get_spec(name)
+    if spec.tfds_name is None:
+        return _ArraySource(*_embedded_arrays("train"))
+    source = _data_source(spec, "train", data_dir=data_dir, download=download)
+    if source is None:
+        raise DataUnavailableError(
+            f"dataset {spec.name!r} is prepared in data_dir={data_dir!r} as TFRecord files, which only "
+            f"tf.data reads, in order; training reads examples by index (Grain: a restart resumes "
+            f"without replay). Fix: `tfds build {spec.tfds_name} --data_dir=DIR --file_format=array_record` "
+            f"(or `tfds convert_format --root_data_dir=DIR --out_file_format=array_record`) and pass "
+            f"`--config.data.data_dir=DIR`."
+        )
+    return _ArraySource(*_read_all(source, len(source)))
+
+
+def train_batches(
     name: str,
     *,
-    host_batch: int,
+    global_batch: int,
     encode: Callable[[np.ndarray], np.ndarray],
     seed: int = 0,
+    start: int = 0,
     data_dir: str | None = None,
     download: bool = True,
-    shuffle_buffer: int = 10_000,
+    read_threads: int = 4,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Infinite shuffled training batches for this process.
+    """This process's training batches for global batches ``start, start + 1, ...`` (an endless iterator).
 
-    Each item: ``"images"`` float32 ``(host_batch, H, W, C)`` equal to ``encode(pixels / 255)`` and
-    ``"labels"`` int32 ``(host_batch,)``; ``host_batch`` is this process's share of the global batch
-    (:func:`dale_langevin.pipeline.parallel.per_host_batch`), which splits it over devices.
+    Global batch ``k`` is positions ``[k G, (k + 1) G)`` of a stream that walks the whole train split
+    in a fresh ``seed``-determined permutation every epoch (``G = global_batch``; batches run on
+    across epoch ends, so every example is used). Process ``p`` of ``P`` yields the ``p``-th of its
+    ``P`` equal slices, ``host_batch = G / P`` examples: in every epoch each example is read by one
+    process, and the global batch does not depend on how many processes share it. Each item:
+    ``"images"`` float32 ``(host_batch, H, W, C)`` equal to ``encode(pixels / 255)``, ``"labels"``
+    int32 ``(host_batch,)``; :mod:`.parallel` splits it over the local devices.
 
-    Each process reads a disjoint shard of the train split (embedded: rows
-    ``process_index::process_count``; TFDS: ``tfds.split_for_jax_process``). Embedded: a fresh
-    ``np.random.default_rng(seed)`` permutation every epoch, remainder dropped, deterministic per
-    seed. TFDS: shuffled files (``shuffle_seed=seed``) and a ``shuffle_buffer``-example buffer.
+    Batch ``k`` is a pure function of ``(seed, k)`` (a Grain ``MapDataset`` indexed by ``k``), so
+    resuming at step ``k`` reads from there at once: no replay of the batches before it.
+    ``read_threads`` threads read and encode ahead of the consumer (0: read in the calling thread).
     Arguments are checked and the data located when called, not at the first ``next``.
     """
+    import grain
+
     spec = get_spec(name)
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    if not isinstance(host_batch, int) or host_batch < 1:
-        raise ValueError(f"host_batch must be an int >= 1, got {host_batch!r}")
+    if not isinstance(global_batch, int) or global_batch < 1:
+        raise ValueError(f"global_batch must be an int >= 1, got {global_batch!r}")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} outside [0, process_count={process_count})")
-
-    if spec.tfds_name is None:
-        images, labels = _embedded_arrays("train")
-        images, labels = images[process_index::process_count], labels[process_index::process_count]
-        if len(labels) < host_batch:
-            raise ValueError(
-                f"a batch of {host_batch} examples per process (config.training.batch_size over "
-                f"{process_count} process(es)) exceeds the {len(labels)} train examples per process of {name}"
-            )
-        return _embedded_batches(images, labels, encode, host_batch, seed)
-
-    tf, tfds = import_tf()
-    shard = tfds.split_for_jax_process("train", process_index=process_index, process_count=process_count)
-    ds = _tfds_dataset(spec, shard, data_dir=data_dir, download=download, shuffle_files=True, seed=seed)
-    ds = (
-        ds.map(_image_label(tf), num_parallel_calls=tf.data.AUTOTUNE)
+    if global_batch % process_count:
+        raise ValueError(
+            f"config.training.batch_size={global_batch} must be divisible by the {process_count} process(es)"
+        )
+    if not isinstance(start, int) or start < 0:
+        raise ValueError(f"start must be an int >= 0, got {start!r}")
+    if not isinstance(read_threads, int) or read_threads < 0:
+        raise ValueError(f"config.data.read_threads must be an int >= 0, got {read_threads!r}")
+    source = train_source(name, data_dir=data_dir, download=download)
+    if len(source) < global_batch:
+        raise ValueError(
+            f"a global batch of {global_batch} examples (config.training.batch_size) exceeds the "
+            f"{len(source)} train examples of {spec.name}"
+        )
+    host_batch = global_batch // process_count
+    batches = (
+        grain.MapDataset.source(source)
+        .shuffle(seed=seed)
         .repeat()
-        .shuffle(shuffle_buffer, seed=seed)
-        .batch(host_batch, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
+        .batch(host_batch)[process_index::process_count]
+        .map(lambda b: _to_host_batch(b["image"], b["label"], encode))
     )
-    return (_to_host_batch(images, labels, encode) for images, labels in tfds.as_numpy(ds))
+    ahead = batches[start:]
+    if read_threads == 0:
+        return (ahead[i] for i in range(len(ahead)))
+    return iter(
+        ahead.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2, read_threads)))
+    )
 
 
-def _embedded_batches(
-    images: np.ndarray,
-    labels: np.ndarray,
-    encode: Callable[[np.ndarray], np.ndarray],
-    host_batch: int,
-    seed: int,
-) -> Iterator[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    n_batches = len(labels) // host_batch
-    while True:
-        order = rng.permutation(len(labels))
-        for b in range(n_batches):
-            idx = order[b * host_batch : (b + 1) * host_batch]
-            yield _to_host_batch(images[idx], labels[idx], encode)
+def write_embedded_as_tfds(
+    data_dir: str, name: str = "mnist", file_format: str = "array_record", train_copies: int = 1
+) -> Any:
+    """Writes the embedded digits (train 4,500, test 500) as the prepared TFDS dataset ``name`` under ``data_dir``.
+
+    Same features and version as TFDS ``mnist`` (``image`` uint8 ``(28, 28, 1)``, ``label`` of 10
+    classes), so ``--config.data.dataset=<name> --config.data.data_dir=<data_dir>`` reads it
+    through the same code as a real prepared bucket. ``name`` is any 28x28 grey 10-class set
+    (``mnist``, ``fashion_mnist``, ``kmnist``). ``train_copies`` repeats the train split (14: an
+    MNIST-sized 63,000, for benchmarks). Returns the TFDS builder; needs TensorFlow.
+    """
+    spec = get_spec(name)
+    if spec.tfds_name is None or spec.image_shape != (28, 28, 1):
+        raise ValueError(f"the embedded digits can stand in for a 28x28 grey TFDS set, not {name!r}")
+    _, tfds = import_tf()
+    reference = tfds.builder(spec.tfds_name)  # features and version only: reads the registered metadata
+
+    if not isinstance(train_copies, int) or train_copies < 1:
+        raise ValueError(f"train_copies must be an int >= 1, got {train_copies!r}")
+
+    def examples(split: str):
+        images, labels = _embedded_arrays(split)
+        n = len(labels) * (train_copies if split == "train" else 1)
+        return ((i, {"image": images[i % len(labels)], "label": int(labels[i % len(labels)])}) for i in range(n))
+
+    return tfds.dataset_builders.store_as_tfds_dataset(
+        name=spec.tfds_name,
+        version=str(reference.version),
+        features=reference.info.features,
+        split_datasets={"train": examples("train"), "test": examples("test")},
+        data_dir=data_dir,
+        file_format=file_format,
+        description="The 5,000 MNIST digits embedded in dale_langevin, written as a TFDS dataset.",
+    )

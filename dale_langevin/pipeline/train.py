@@ -113,17 +113,16 @@ def train_and_evaluate(config, workdir: str | Workdir) -> dict:
             print(f"Dropped {dropped} line(s) of metrics.jsonl past the restored step {start}.", flush=True)
     stats = generate.start_stats(config, process, wd, write=chief)
 
-    batches = data.train_iterator(
+    batches = data.train_batches(  # starts at batch `start`: no replay of the ones before it
         config.data.dataset,
-        host_batch=parallel.per_host_batch(t.batch_size),
+        global_batch=t.batch_size,
         encode=process.encode,
         seed=config.seed,
+        start=start,
         data_dir=config.data.data_dir,
         download=config.data.download,
-        shuffle_buffer=config.data.shuffle_buffer,
+        read_threads=config.data.read_threads,
     )
-    for _ in range(start):  # resume at the same place in the data stream (same trajectory)
-        next(batches)
 
     p_step = parallel.pmap(step_fn, donate_argnums=(0,))
     rstate = parallel.replicate(state)
