@@ -2,8 +2,13 @@
 
 Parses flags, asks for one host device per CPU core (so pmap uses every core on a CPU-only host)
 and for a host allocator that reuses XLA's per-step buffers (``config.host_allocator``),
-initialises multi-host JAX when asked, and hands over to :func:`run`. Any config field can be
-overridden: ``--config.training.n_iters=2000``.
+joins a multi-process run when asked (``--multihost``, with ``--coordinator_address``,
+``--num_processes`` and ``--process_id`` where the cluster is not auto-detected:
+:func:`parallel.initialize`), and hands over to :func:`run`. Any config field can be overridden:
+``--config.training.n_iters=2000``.
+
+Logs: warnings and the project's own lines; ``--verbosity=0`` (or ``-v 0``) adds the libraries'
+INFO lines (Orbax's checkpoint events among them).
 
 Exit status: 0 when the mode finished; 143 (what a SIGTERM'd process reports) when training was
 preempted by a SIGTERM after saving the step it was at (rerun the same command to continue); 1 on
@@ -12,9 +17,10 @@ an error, with its message (a failed checkpoint save among them, at the save tha
 
 from __future__ import annotations
 
+import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dale_langevin.cpu import hostmem
@@ -31,8 +37,16 @@ _MODE = flags.DEFINE_enum(
     "or ablate (the config's ablation grid: trainings, rows, tables).",
 )
 _MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "Call jax.distributed.initialize() (TPU pod slices, multi-node GPU)."
+    "multihost",
+    False,
+    "Run as one of several JAX processes (jax.distributed.initialize): auto-detected on TPU pod slices "
+    "and SLURM; elsewhere give --coordinator_address, --num_processes and --process_id.",
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --multihost: HOST:PORT of process 0's coordinator (local/GPU clusters)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --multihost: the number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --multihost: this process's index, 0 .. N-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -58,18 +72,32 @@ def run(config, workdir: str, mode: str = "train"):
     return generate.sample_and_save(config, workdir)
 
 
+def quiet() -> None:
+    """Warnings and the project's own lines only, unless ``--verbosity`` (``-v``) was given.
+
+    absl turns an unset ``--verbosity`` into INFO, at which Orbax alone logs over a hundred lines a
+    run; TensorFlow's C++ INFO lines (``TF_CPP_MIN_LOG_LEVEL``) are dropped the same way unless set.
+    """
+    if flags.FLAGS["verbosity"].present:
+        return
+    logging.set_verbosity(logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    quiet()
     # Both before JAX starts its backends.
     parallel.force_host_devices(config.host_device_count)
     allocator = hostmem.configure(config.host_allocator)
 
-    import jax
-
+    cluster = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if _MULTIHOST.value:
-        jax.distributed.initialize()
+        parallel.initialize(*cluster)
+    elif any(v is not None for v in cluster):
+        raise app.UsageError("--coordinator_address, --num_processes and --process_id need --multihost")
     if parallel.is_chief():
         print(
             f"Host allocator: {allocator['mode']} ({'applied' if allocator['applied'] else 'not applied'}: "

@@ -1,5 +1,9 @@
 """Device layout, owned by pipeline.parallel: per-host batches split over devices and back, per-device keys."""
 
+import pathlib
+import subprocess
+import sys
+
 import chex
 import jax
 import numpy as np
@@ -38,3 +42,27 @@ def test_device_keys_are_distinct_and_match_a_split(n_devices):
     assert not np.allclose(draws[0], draws[1])
     want = jax.random.split(jax.random.key(3), n_devices)
     np.testing.assert_array_equal(jax.random.key_data(keys), jax.random.key_data(want))
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(coordinator_address="127.0.0.1:1"), "--coordinator_address"),
+        (dict(coordinator_address="127.0.0.1:1", num_processes=0, process_id=0), "--num_processes"),
+        (dict(coordinator_address="127.0.0.1:1", num_processes=2, process_id=2), "--process_id"),
+    ],
+)
+def test_initialize_refuses_a_partial_or_bad_cluster_before_connecting(kwargs, field, raises_naming):
+    with raises_naming(field):
+        parallel.initialize(**kwargs)
+
+
+def test_main_refuses_cluster_flags_without_multihost(tmp_path):
+    root = pathlib.Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, "-m", "dale_langevin.main", f"--config={root / 'configs' / 'demo.py'}",
+         f"--workdir={tmp_path}", "--num_processes=2"],
+        capture_output=True, text=True, timeout=120, cwd=root,
+    )  # fmt: skip
+    assert r.returncode == 1 and "need --multihost" in r.stderr, r.stderr[-1000:]
+    assert not any(tmp_path.iterdir())

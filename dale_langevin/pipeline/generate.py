@@ -105,21 +105,29 @@ def generate(config, process, model, params, stats: dict, rng: jax.Array, n: int
     """Draws ``n`` images with the configured sampler (``overrides`` on its settings), pmapped in batches.
 
     Returns ``(images, raw, labels)``: images in [0, 1] ``(n, H, W, C)``, the sampler's raw output
-    in the process domain, and the start labels.
+    in the process domain, and the start labels; every process returns all ``n``.
+
+    Batch ``b`` of ``config.sampling.batch_size`` draws its start and noise from ``fold_in(rng, b)``
+    (noise one key per local device). With ``P`` processes, process ``p`` draws batches ``p, p + P,
+    ...`` in lockstep rounds (pmap runs every call on all processes) and each round is gathered, so
+    the processes share the work, never draw the same samples, and one process alone draws the
+    same ``n`` images as ``P`` of them with the same devices per process.
     """
     batch = config.sampling.batch_size
     method, settings = config_lib.sampler_settings(config, **(overrides or {}))
     p_sample = _pmapped_sampler(model, process, method, samplers.get(method).fn, tuple(sorted(settings.items())))
     rparams = parallel.replicate(params)
+    n_batches, procs, me = math.ceil(n / batch), parallel.process_count(), parallel.process_index()
     raws, labels = [], []
-    for b in range(math.ceil(n / batch)):
+    for first in range(0, n_batches, procs):
+        b = first + me  # past the last batch in the final round: drawn to keep the lockstep, dropped below
         start_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, b))
         x_T, lab = initial_state(start_rng, process, stats, config.sampling.start, batch)
         out = p_sample(rparams, parallel.device_keys(noise_rng), parallel.shard_batch(np.asarray(x_T)))
-        raws.append(parallel.unshard(out))
-        labels.append(lab)
-    raw = np.concatenate(raws)[:n]
-    return np.asarray(process.decode(raw)), raw, np.concatenate(labels)[:n]
+        raws.extend(parallel.gather_processes(parallel.unshard(out)))
+        labels.extend(parallel.gather_processes(lab))
+    raw = np.concatenate(raws[:n_batches])[:n]
+    return np.asarray(process.decode(raw)), raw, np.concatenate(labels[:n_batches])[:n]
 
 
 def network_evaluations(config, overrides: dict | None = None) -> int:

@@ -34,6 +34,30 @@ def force_host_devices(count: int) -> None:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
+def initialize(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
+    """Joins this process to a multi-process JAX run (``jax.distributed.initialize``); before any device query.
+
+    All ``None``: the cluster is auto-detected (TPU pod slices, SLURM, ...). Otherwise all three are
+    given: ``HOST:PORT`` of process 0's coordinator, the number of processes and this one's index.
+    CPU collectives go through gloo (the default CPU backend has none across processes); that
+    setting touches only the CPU backend, so accelerator hosts are unaffected.
+    """
+    given = [coordinator_address is not None, num_processes is not None, process_id is not None]
+    if any(given) and not all(given):
+        raise ValueError("--coordinator_address, --num_processes and --process_id go together: give all three or none")
+    if all(given):
+        if not (isinstance(num_processes, int) and num_processes >= 1):
+            raise ValueError(f"--num_processes must be an int >= 1, got {num_processes!r}")
+        if not (isinstance(process_id, int) and 0 <= process_id < num_processes):
+            raise ValueError(f"--process_id must lie in [0, {num_processes}), got {process_id!r}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
+
+
 def local_device_count() -> int:
     """Number of devices this process drives."""
     return jax.local_device_count()
@@ -51,8 +75,38 @@ def replicate(tree: Any) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-    """The first device's copy of a replicated pytree: leaf ``[n_devices, ...]`` -> ``(...)``."""
-    return jax.tree.map(lambda x: x[0], tree)
+    """The first local device's copy of a replicated pytree, on the host: leaf ``[n_devices, ...]`` -> ``(...)`` numpy.
+
+    Reads that device's buffer; no computation is dispatched (with several processes, indexing
+    the global array ran a program that could wait behind another process's collective).
+    """
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
+
+
+def _everywhere() -> NamedSharding:
+    """Fully replicated over every device of every process."""
+    return NamedSharding(Mesh(np.asarray(jax.devices()), (AXIS,)), PartitionSpec())
+
+
+def global_replica(tree: Any) -> Any:
+    """A host pytree (the same values in every process) as fully replicated arrays over all processes' devices.
+
+    The form Orbax saves once for the whole run (a process-local array, such as a pmapped state's
+    slice, cannot be saved with several processes). Leaf ``(...)`` -> global ``jax.Array`` ``(...)``.
+    """
+    sharding = _everywhere()
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def replica_like(tree: Any) -> Any:
+    """``jax.ShapeDtypeStruct`` leaves of ``tree``'s shapes and dtypes with :func:`global_replica`'s sharding."""
+    sharding = _everywhere()
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def local_replica(tree: Any) -> Any:
+    """This process's copy of a :func:`global_replica` pytree: each leaf on its first local device."""
+    return jax.tree.map(lambda x: x.addressable_data(0), tree)
 
 
 def shard(tree: Any) -> Any:
@@ -78,8 +132,9 @@ def shard_batch(tree: Any) -> Any:
 
 def unshard(x: jax.Array) -> np.ndarray:
     """The inverse of :func:`shard_batch` on the host: ``[n_devices, b, ...]`` -> ``(n_devices * b, ...)`` numpy."""
-    x = np.asarray(x)
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)  # this process's devices, in order
+    local = np.concatenate([np.asarray(s.data) for s in shards])
+    return local.reshape(local.shape[0] * local.shape[1], *local.shape[2:])
 
 
 def device_keys(rng: jax.Array) -> jax.Array:
@@ -102,6 +157,29 @@ def per_device_batch(batch: int, field: str, *, local: bool = False) -> int:
 def per_host_batch(global_batch: int, field: str = "config.training.batch_size") -> int:
     """This host's share of a global batch over all devices of all hosts: ``per_device * local_device_count``."""
     return per_device_batch(global_batch, field) * jax.local_device_count()
+
+
+def process_index() -> int:
+    """This process's index among :func:`process_count` (0 in a single-process run)."""
+    return jax.process_index()
+
+
+def process_count() -> int:
+    """Number of JAX processes in the run."""
+    return jax.process_count()
+
+
+def gather_processes(x: np.ndarray) -> np.ndarray:
+    """Every process's ``x`` (same shape in each), stacked in process order: ``(...)`` -> ``(process_count, ...)``.
+
+    A collective: every process must call it. One process: ``x[None]`` without communication.
+    """
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return x[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=False))
 
 
 def is_chief() -> bool:
