@@ -76,7 +76,8 @@ def quiet() -> None:
     """Warnings and the project's own lines only, unless ``--verbosity`` (``-v``) was given.
 
     absl turns an unset ``--verbosity`` into INFO, at which Orbax alone logs over a hundred lines a
-    run; TensorFlow's C++ INFO lines (``TF_CPP_MIN_LOG_LEVEL``) are dropped the same way unless set.
+    run; TensorFlow's C++ INFO lines are dropped too (``TF_CPP_MIN_LOG_LEVEL``, unless set), all but
+    its oneDNN notice, which it prints before its logging starts.
     """
     if flags.FLAGS["verbosity"].present:
         return

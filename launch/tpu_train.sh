@@ -18,7 +18,8 @@
 #   CONFIG            default configs/mnist.py (path inside the repository)
 #   MODE              default train; or sample, eval (read checkpoints from WORKDIR), ablate (an ablation config)
 #   DATA_DIR          default empty (config default); gs://BUCKET/tensorflow_datasets, passed as
-#                     --config.data.data_dir
+#                     --config.data.data_dir; prepared as ArrayRecord files
+#                     (tfds build NAME --data_dir=DIR --file_format=array_record)
 #   EXTRA_FLAGS       default empty; more flags, split on spaces, e.g. "--config.training.n_iters=2000"
 #   MULTIHOST         default auto: pass --multihost when the TPU has more than one host (v4-32 and
 #                     larger: main then calls jax.distributed.initialize()); 1 always, 0 never
