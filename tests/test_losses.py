@@ -157,6 +157,8 @@ def test_dsm_loss_defaults_are_the_published_settings():
     published = dict(weighting="published", t_sampling="grid", n_time_levels=1000)
     for rng in (jax.random.key(14), jax.random.split(jax.random.key(14), 16)):
         assert float(dsm_loss(rng, score, x0, sde)) == float(dsm_loss(rng, score, x0, sde, **published))
+        uniform = dsm_loss(rng, score, x0, sde, t_sampling="uniform")
+        assert float(uniform) == float(dsm_loss(rng, score, x0, sde, t_sampling="uniform", t_min=1e-3))
 
 
 def test_each_example_gets_its_own_time_and_noise():
