@@ -14,6 +14,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from dale_langevin import samplers
@@ -225,6 +226,53 @@ def test_train_step_is_adam_and_ema_on_the_mdsm_gradient_in_closed_form():
     param_norm = np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(adam)))
     np.testing.assert_allclose(metrics["param_norm"], param_norm, rtol=1e-5)
     chex.assert_trees_all_equal(new.rng, state.rng)  # keys are folded with the step, never split off the state
+
+
+def test_train_step_applies_dropout_with_the_device_and_step_key():
+    """Dropout is on in the loss, keyed ``fold(fold(dropout key, device), step)``."""
+    from dale_langevin.losses import dsm_loss, network_score_fn
+
+    c = tiny_config(**{"model.dropout": 0.3})
+    process, model, step_fn, state = state_lib.build(c)
+    # Away from the initialisation, whose zero output layer hides what comes before it.
+    leaves, treedef = jax.tree.flatten(state.params)
+    noise = [0.05 * jax.random.normal(jax.random.key(i), x.shape) for i, x in enumerate(leaves)]
+    state = state.replace(params=jax.tree.unflatten(treedef, [x + n for x, n in zip(leaves, noise)]))
+    images = process.encode(jax.random.uniform(jax.random.key(2), (8, 28, 28, 1)))
+    _, metrics = jax.jit(jax.vmap(step_fn, axis_name=parallel.AXIS))(
+        jax.tree.map(lambda x: x[None], state), {"images": images[None]}
+    )
+    loss_key, dropout_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+    keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(loss_key, 0), i) for i in range(8)])
+    dropout_rng = jax.random.fold_in(jax.random.fold_in(dropout_key, 0), 0)  # device 0, step 0
+
+    def loss(**apply_kwargs):
+        net = lambda inp, level: model.apply(state.params, inp, level, **apply_kwargs)
+        return dsm_loss(keys, network_score_fn(net, process), images, process, **config_lib.loss_settings(c))
+
+    with_dropout = loss(train=True, rngs={"dropout": dropout_rng})
+    np.testing.assert_allclose(metrics["loss"][0], with_dropout, rtol=1e-5)
+    assert abs(float(with_dropout) - float(loss(train=False))) > 1e-3 * abs(float(with_dropout))
+
+
+def test_grad_clip_zero_disables_clipping():
+    """``grad_clip=0`` is plain Adam (a clip at norm 0 would zero every update)."""
+    params = {"w": jnp.array([1.0, -2.0, 3.0])}
+    grads = {"w": jnp.array([30.0, -40.0, 5.0])}
+    tx, _ = state_lib.make_optimizer(1e-2, 0, 0.0, 0.9, 0.999, 1e-8)
+    plain = optax.adam(1e-2, b1=0.9, b2=0.999, eps=1e-8)
+    got, _ = tx.update(grads, tx.init(params), params)
+    want, _ = plain.update(grads, plain.init(params), params)
+    chex.assert_trees_all_close(got, want, rtol=1e-6)
+    clipped, _ = state_lib.make_optimizer(1e-2, 0, 1.0, 0.9, 0.999, 1e-8)
+    # Adam's first step is scale-free (m_hat / sqrt(v_hat) = sign(g)); the second shows the clip.
+    state = clipped.init(params)
+    for g in (grads, {"w": jnp.array([0.1, 0.1, 0.1])}):
+        upd_clip, state = clipped.update(g, state, params)
+    pstate = plain.init(params)
+    for g in (grads, {"w": jnp.array([0.1, 0.1, 0.1])}):
+        upd_plain, pstate = plain.update(g, pstate, params)
+    assert not np.allclose(upd_clip["w"], upd_plain["w"])
 
 
 def test_two_pmap_steps_equal_two_single_device_steps(n_devices):
