@@ -27,7 +27,6 @@ def test_shard_batch_splits_the_leading_axis_and_unshard_restores_it(n_devices):
 
 def test_batch_divisibility_names_the_field(n_devices):
     assert parallel.per_device_batch(4 * n_devices, "config.training.batch_size") == 4
-    assert parallel.per_host_batch(4 * n_devices) == 4 * n_devices  # one process holds every device here
     for bad in (n_devices + 1, 0, -n_devices, 2.0 * n_devices):
         with pytest.raises(ValueError, match=r"config\.training\.batch_size=.* multiple of the device count"):
             parallel.per_device_batch(bad, "config.training.batch_size")

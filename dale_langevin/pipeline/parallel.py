@@ -154,11 +154,6 @@ def per_device_batch(batch: int, field: str, *, local: bool = False) -> int:
     return batch // n
 
 
-def per_host_batch(global_batch: int, field: str = "config.training.batch_size") -> int:
-    """This host's share of a global batch over all devices of all hosts: ``per_device * local_device_count``."""
-    return per_device_batch(global_batch, field) * jax.local_device_count()
-
-
 def process_index() -> int:
     """This process's index among :func:`process_count` (0 in a single-process run)."""
     return jax.process_index()
