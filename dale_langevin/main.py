@@ -7,6 +7,9 @@ joins a multi-process run when asked (``--multihost``, with ``--coordinator_addr
 :func:`parallel.initialize`), and hands over to :func:`run`. Any config field can be overridden:
 ``--config.training.n_iters=2000``.
 
+A ``gs://`` work directory (or data directory) is reached through gcsfs and TensorStore, or, with
+``STORAGE_EMULATOR_HOST=HOST:PORT`` set, through that Cloud Storage emulator (:mod:`.pipeline.storage`).
+
 Logs: warnings and the project's own lines; ``--verbosity=0`` (or ``-v 0``) adds the libraries'
 INFO lines (Orbax's checkpoint events among them).
 
@@ -24,7 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dale_langevin.cpu import hostmem
-from dale_langevin.pipeline import parallel
+from dale_langevin.pipeline import parallel, storage
 
 MODES = ("train", "sample", "eval", "ablate")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -90,6 +93,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     quiet()
+    storage.configure()  # before any gs:// access (STORAGE_EMULATOR_HOST: the emulator's endpoint)
     # Both before JAX starts its backends.
     parallel.force_host_devices(config.host_device_count)
     allocator = hostmem.configure(config.host_allocator)

@@ -2,6 +2,6 @@
 
 One module per concern: :mod:`.config` (schema, validation, builders), :mod:`.data` (datasets),
 :mod:`.parallel` (device layout, pmap), :mod:`.workdir` (every artefact and its I/O),
-:mod:`.checkpoint` (Orbax), :mod:`.state` (train state and pure step), :mod:`.train` (the loop),
-:mod:`.generate` (sampling a trained model), :mod:`.images` (grids).
+:mod:`.storage` (the ``gs://`` clients), :mod:`.checkpoint` (Orbax), :mod:`.state` (train state and
+pure step), :mod:`.train` (the loop), :mod:`.generate` (sampling a trained model), :mod:`.images` (grids).
 """

@@ -32,6 +32,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from dale_langevin.pipeline import storage
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
@@ -194,9 +196,13 @@ def _data_source(spec: DatasetSpec, split: str, *, data_dir: str | None, downloa
     Prepared as ArrayRecord (or faked by ``tfds.testing.mock_data``) -> that source; prepared as
     TFRecord (sequential files) -> ``None``. Missing -> if ``download``, probe the download hosts for
     a fast offline failure, then ``download_and_prepare`` as ArrayRecord and read that. Every "cannot
-    get it" ends in :class:`DataUnavailableError`.
+    get it" ends in :class:`DataUnavailableError`. A ``gs://`` ``data_dir`` goes through the clients
+    :func:`storage.configure` sets up (the emulator's, when ``STORAGE_EMULATOR_HOST`` is set).
     """
     import tensorflow_datasets as tfds
+
+    if data_dir is not None and storage.is_object_store(data_dir):
+        storage.configure()
 
     def read():
         return tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False)

@@ -34,10 +34,9 @@ class _Logger:
         self.enabled = enabled
         self.writer = self.bar = self.jsonl = None
         if enabled:
-            from flax.metrics import tensorboard  # imports TensorFlow: keep it off the import path
             from tqdm import tqdm
 
-            self.writer = tensorboard.SummaryWriter(str(workdir.tensorboard))
+            self.writer = wd_lib.TensorBoardScalars(workdir.tensorboard)
             self.jsonl = wd_lib.JsonLines(workdir.metrics_jsonl)
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, smoothing=0.1)
 
