@@ -41,3 +41,26 @@ def raises_naming():
         return pytest.raises(exc, match=rf"(?<![\w.]){re.escape(field)}(?![\w])")
 
     return expect
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    """A Cloud Storage emulator on 127.0.0.1 (:mod:`gcs_emulator`) with the bucket ``bucket``, stopped after the session."""
+    import gcs_emulator
+
+    with gcs_emulator.running(tmp_path_factory.mktemp("gcs") / "root") as server:
+        yield server
+
+
+@pytest.fixture
+def emulated_env(emulator):
+    """``os.environ`` pointing at the emulator for one test, restored after (``storage.configure`` adds to it)."""
+    import fsspec
+
+    saved, saved_conf = dict(os.environ), {k: dict(v) for k, v in fsspec.config.conf.items()}
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator.host
+    yield emulator
+    os.environ.clear()
+    os.environ.update(saved)
+    fsspec.config.conf.clear()
+    fsspec.config.conf.update(saved_conf)

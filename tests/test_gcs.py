@@ -1,7 +1,7 @@
 """A ``gs://`` work directory against a real Cloud Storage API on loopback (fake-gcs-server, :mod:`gcs_emulator`).
 
-The emulator is started by a fixture and stopped after; every object is listed through its JSON
-API, not read off its disk. ``STORAGE_EMULATOR_HOST`` is given without a scheme, as Google's own
+The emulator is started by a fixture (``conftest.emulator``) and stopped after; every object is
+listed through its JSON API, not read off its disk. ``STORAGE_EMULATOR_HOST`` is given without a scheme, as Google's own
 clients accept it, so :func:`storage.configure`'s normalisation is on the path.
 """
 
@@ -25,27 +25,6 @@ from dale_langevin.pipeline.workdir import Workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-import gcs_emulator  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    with gcs_emulator.running(tmp_path_factory.mktemp("gcs") / "root") as server:
-        yield server
-
-
-@pytest.fixture
-def emulated_env(emulator):
-    """``os.environ`` pointing at the emulator for one test, restored after (``storage.configure`` adds to it)."""
-    import fsspec
-
-    saved, saved_conf = dict(os.environ), {k: dict(v) for k, v in fsspec.config.conf.items()}
-    os.environ["STORAGE_EMULATOR_HOST"] = emulator.host
-    yield emulator
-    os.environ.clear()
-    os.environ.update(saved)
-    fsspec.config.conf.clear()
-    fsspec.config.conf.update(saved_conf)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +77,19 @@ def test_configure_routes_every_client_to_the_emulator_and_keeps_what_the_user_s
     assert storage.configure(cloud) is None
     assert cloud == {"EPATH_USE_TF": "true"}  # no emulator: no endpoint, no anonymous token
     assert fsspec.config.conf["gcs"] == {"use_listings_cache": False}
+
+
+def test_gs_goes_through_gcsfs_even_when_a_local_path_was_touched_first(emulator, tmp_path):
+    """epath picks TensorFlow or gcsfs for gs:// once per process, at its first operation on any path."""
+    code = (
+        "from dale_langevin.pipeline import workdir as w; from etils import epath; "
+        f"epath.Path({str(tmp_path)!r}).exists(); "  # a local path first: epath's choice is made here
+        "w.write_text(w.Workdir('gs://bucket/first').eval_md, 'ok')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "EPATH_USE_TF"} | {"STORAGE_EMULATOR_HOST": emulator.host}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert emulator.read("bucket", "first/eval.md") == b"ok"
 
 
 def test_object_stores_are_told_from_local_paths():

@@ -444,6 +444,14 @@ def test_resume_with_a_changed_model_or_batch_is_refused_naming_the_fields(train
     train.train_and_evaluate(tiny_config(**{"training.batch_size": 16, "training.allow_resume_changes": True}), copy)
 
 
+def test_a_run_of_the_retired_tf_data_stream_is_not_resumed_on_the_grain_stream():
+    c = tiny_config()
+    assert config_lib.resume_differences(c.to_dict(), c) == []
+    old = c.to_dict()
+    old["data"] = {k: v for k, v in old["data"].items() if k != "read_threads"} | {"shuffle_buffer": 10_000}
+    assert config_lib.resume_differences(old, c) == ["config.data.shuffle_buffer: 10000 -> None"]
+
+
 def test_a_restart_drops_the_logged_steps_it_lost(trained_run, tmp_path):
     """Lose the step-6 checkpoint: the restart resumes at 3, drops the log lines of 4 and 6, and logs them again."""
     _, workdir, _ = trained_run

@@ -247,6 +247,9 @@ RESUME_FIELDS = (
     "seed",
     "process.name",
     "data.dataset",
+    # Retired with the tf.data stream: a config.json holding it is a run whose batch sequence the
+    # Grain stream (global batch k a pure function of seed and k) does not continue.
+    "data.shuffle_buffer",
     "model",
     "training.batch_size",
     "training.weighting",

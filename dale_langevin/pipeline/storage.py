@@ -19,12 +19,17 @@ prepared TFDS set in a ``gs://`` data directory, read by ``tfds.data_source``).
   reads ``STORAGE_EMULATOR_HOST`` itself, and needs its ``http://``).
 
 Settings already present in the environment are kept (``EPATH_USE_TF=true`` puts TensorFlow back).
+epath makes its TensorFlow-or-fsspec choice once per process, at its first operation on any path,
+local ones included; so ``EPATH_USE_TF`` is set when this module is imported, which importing
+:mod:`dale_langevin.pipeline` does before any of its paths is touched.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import MutableMapping
+
+os.environ.setdefault("EPATH_USE_TF", "false")  # see the module docstring: too late once epath has chosen
 
 EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
 _OBJECT_STORES = ("gs://", "s3://")
