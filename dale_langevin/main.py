@@ -65,9 +65,9 @@ def run(config, workdir: str, mode: str = "train"):
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "ablate":
-        return ablations.run(config, workdir)
+        return ablations.run(config, workdir, log=parallel.chief_print)
     if mode == "eval":
-        return evaluate.evaluate(config, workdir)
+        return evaluate.evaluate(config, workdir, log=parallel.chief_print)
     if mode == "train":
         train.train_and_evaluate(config, workdir)
         if parallel.is_chief():

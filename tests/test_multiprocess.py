@@ -141,6 +141,17 @@ def test_two_processes_share_the_sampling_and_write_it_once(runs, tmp_path):
         np.testing.assert_allclose(f["raw"], raw, rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_two_processes_evaluate_and_process_0_alone_reports(runs, tmp_path):
+    root, _ = runs
+    evaluated = run_processes(root / "two", 2, 2, "--mode=eval", "--config.eval.inception=off")
+    assert [r.returncode for r in evaluated] == [0, 0], evaluated[0].stdout[-2000:] + evaluated[1].stdout[-2000:]
+    result = json.loads((root / "two" / "eval.json").read_text())
+    assert result["n_generated"] == SETTINGS["sampling.n_samples"] and np.isfinite(result["offline_fid"])
+    assert f"offline FID {result['offline_fid']:.2f}" in evaluated[0].stdout
+    assert "offline FID" not in evaluated[1].stdout and "classifier epoch" not in evaluated[1].stdout
+
+
 def jax_leaves(tree):
     import jax
 
@@ -182,7 +193,7 @@ def test_sigterm_to_both_processes_saves_one_step_in_a_bucket_and_the_rerun_cont
         deadline = time.monotonic() + TIMEOUT_S
         while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
             assert all(p.poll() is None for p in procs), "a process ended before its first step"
-            time.sleep(0.5)
+            time.sleep(0.1)  # signal soon after step 1: the rerun is compared with the 6-step runs
         for p in procs:
             p.send_signal(signal.SIGTERM)
         outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]

@@ -182,6 +182,12 @@ def is_chief() -> bool:
     return jax.process_index() == 0
 
 
+def chief_print(*args: Any, **kwargs: Any) -> None:
+    """``print`` (flushed) in process 0 only: the ``log`` of work every process does alike (eval, ablations)."""
+    if is_chief():
+        print(*args, **kwargs, flush=True)
+
+
 def device_rng(key: jax.Array, step: jax.Array) -> jax.Array:
     """Inside a pmapped function: a key unique to this device and step, ``fold_in(fold_in(key, device), step)``.
 
