@@ -11,6 +11,8 @@
 #   PYTHON            default python3 (activate your virtualenv first, or point this at it)
 #   INSTALL           default 0; 1 first runs: pip install -U "$JAX_SPEC" and pip install -e <repo>
 #   JAX_SPEC          default "jax[cuda12]"
+#   EXTRAS            default tf: with INSTALL=1, the package's extras (tf: Inception-V3 FID/KID and
+#                     TFDS preparation); empty installs without TensorFlow (training needs none)
 #   XLA_PYTHON_CLIENT_MEM_FRACTION  optional; share of each GPU's memory JAX preallocates
 #                     (JAX default 0.75), e.g. 0.9 for larger batches, or lower it when the GPUs
 #                     are shared. XLA_PYTHON_CLIENT_PREALLOCATE=false turns preallocation off.
@@ -28,6 +30,7 @@ EXTRA_FLAGS="${EXTRA_FLAGS:-}"
 PYTHON="${PYTHON:-python3}"
 INSTALL="${INSTALL:-0}"
 JAX_SPEC="${JAX_SPEC:-jax[cuda12]}"
+EXTRAS="${EXTRAS-tf}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # shellcheck source=SCRIPTDIR/common.sh
@@ -40,7 +43,7 @@ cd "$REPO"
 if [[ "$INSTALL" == 1 ]]; then
   step "Installing $JAX_SPEC and the package (editable) with $PYTHON"
   "$PYTHON" -m pip install -U "$JAX_SPEC"
-  "$PYTHON" -m pip install -e .
+  "$PYTHON" -m pip install -e ".${EXTRAS:+[$EXTRAS]}"
 fi
 
 step "Devices (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-<unset: all>}, XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION-<default>})"

@@ -4,7 +4,7 @@
 # On each worker: a virtualenv (VENV) on Python PYTHON_BIN (installed with apt if missing:
 # tpu-ubuntu2204-base ships Python 3.10, the package needs >= 3.11), `pip install -U "jax[tpu]"`,
 # the code (git clone of REPO_URL at REPO_REF, or this local checkout copied with scp), then
-# `pip install -e .`, and finally a check that prints jax.device_count() on every worker.
+# `pip install -e .[EXTRAS]`, and finally a check that prints jax.device_count() on every worker.
 #
 # Settings (environment variables):
 #   PROJECT, ZONE     required  as for tpu_create.sh
@@ -20,6 +20,8 @@
 #   PYTHON_BIN        default python3.11; interpreter for the virtualenv
 #   INSTALL_PYTHON    default 1; apt-get install PYTHON_BIN and PYTHON_BIN-venv when missing
 #   JAX_SPEC          default "jax[tpu]"
+#   EXTRAS            default tf: the package's extras, comma-separated (tf: Inception-V3 FID/KID and
+#                     TFDS preparation); empty installs without TensorFlow (training needs none)
 #
 # Pod slices: ssh to all workers needs your key in the agent first:
 #   eval "$(ssh-agent -s)" && ssh-add ~/.ssh/google_compute_engine
@@ -36,6 +38,7 @@ VENV="${VENV:-dale-venv}"
 PYTHON_BIN="${PYTHON_BIN:-python3.11}"
 INSTALL_PYTHON="${INSTALL_PYTHON:-1}"
 JAX_SPEC="${JAX_SPEC:-jax[tpu]}"
+EXTRAS="${EXTRAS-tf}"
 
 # shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -90,10 +93,10 @@ echo "$(hostname): $(find "$REMOTE_DIR" -type f | wc -l) files"
 EOF
 fi
 
-step "3/4 pip install -e . on all workers"
-on_workers all REMOTE_DIR VENV <<'EOF'
+step "3/4 pip install -e .${EXTRAS:+[$EXTRAS]} on all workers"
+on_workers all REMOTE_DIR VENV EXTRAS <<'EOF'
 cd "$HOME/$REMOTE_DIR"
-"$HOME/$VENV/bin/python" -m pip install -q -e .
+"$HOME/$VENV/bin/python" -m pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
 echo "$(hostname): installed"
 EOF
 

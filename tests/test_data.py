@@ -1,6 +1,7 @@
 """Data pipeline: embedded MNIST splits and iterator, TFDS datasets under mock_data, offline failures."""
 
 import collections
+import re
 import socket
 import subprocess
 import sys
@@ -315,6 +316,54 @@ def test_reading_a_prepared_directory_imports_no_tensorflow(prepared):
         "next(it); assert 'tensorflow' not in sys.modules, 'TF imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_without_tensorflow_training_reads_and_what_needs_it_names_the_install(prepared, tmp_path):
+    """TensorFlow is the ``[tf]`` extra: an import of it that fails is what an environment without it sees."""
+    code = f"""
+import importlib.abc, sys
+class NoTensorFlow(importlib.abc.MetaPathFinder):  # import tensorflow(.*) fails as where it is not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, NoTensorFlow())
+from dale_langevin.pipeline import data, workdir
+from dale_langevin.evaluation import inception
+print("batch", next(data.train_batches("mnist", global_batch=8, encode=lambda u: u, data_dir={prepared!r},
+                                       download=False))["images"].shape)
+writer = workdir.TensorBoardScalars(workdir.Workdir({str(tmp_path)!r}).tensorboard)
+writer.scalar("loss", 1.0, 1)
+writer.close()
+calls = {{
+    "prepare": lambda: data.write_embedded_as_tfds({str(tmp_path / "w")!r}),
+    "download": lambda: data.load_arrays("kmnist", "train", data_dir={str(tmp_path / "none")!r}),
+    "inception": lambda: inception.load_inception(None, url=None, cache_dir={str(tmp_path / "cache")!r}),
+}}
+for name, call in calls.items():
+    try:
+        call()
+    except Exception as err:
+        print(name, type(err).__name__, str(err).replace("\\n", " "))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "batch (8, 28, 28, 1)" in out, out
+    assert list((tmp_path / "tensorboard").iterdir()), "no event file"
+    install = re.escape(data.TF_INSTALL)
+    assert re.search(rf"^prepare ImportError TensorFlow is needed to write a prepared TFDS set .*{install}", out, re.M)
+    assert re.search(
+        rf"^download DataUnavailableError dataset 'kmnist' .*TensorFlow is needed to download and prepare a TFDS set"
+        rf".*{install}",
+        out,
+        re.M,
+    ), out
+    assert re.search(
+        rf"^inception InceptionUnavailableError TensorFlow is needed to run the Inception-V3 graph .*{install}.*"
+        r"--config\.eval\.inception=off",
+        out,
+        re.M,
+    ), out
 
 
 def test_a_directory_without_the_set_is_named(prepared):

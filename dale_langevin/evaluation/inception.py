@@ -58,8 +58,8 @@ def _unavailable(why: str, url: str, cache_dir: str) -> InceptionUnavailableErro
 
 
 def _tf() -> Any:
-    """TensorFlow with accelerators hidden from it (shared with the TFDS loader)."""
-    return data.import_tf()[0]
+    """TensorFlow with accelerators hidden from it (shared with the TFDS loader); ``ImportError`` if not installed."""
+    return data.import_tf("run the Inception-V3 graph")[0]
 
 
 def _read_graph_def(path: str) -> Any:
@@ -189,11 +189,16 @@ def load_inception(
 
     Raises:
       InceptionUnavailableError: with what went wrong and how to provide the file (names
-        ``config.eval.inception_path``, the URL and the cache folder).
+        ``config.eval.inception_path``, the URL and the cache folder), or the install command when
+        TensorFlow, which runs the graph, is not installed.
     """
     cache_dir = cache_dir or default_cache_dir()
     cached = os.path.join(cache_dir, GRAPH_FILE)
     path = None if path is None else os.path.expanduser(path)
+    try:
+        _tf()  # before any download: the graph runs in TensorFlow
+    except ImportError as err:
+        raise InceptionUnavailableError(f"{err}. `--config.eval.inception=off` skips these metrics.") from err
     try:
         if path is not None:
             if not os.path.isfile(path):

@@ -130,10 +130,21 @@ def _embedded_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
 _tf_configured = False
 
 
-def import_tf() -> tuple[Any, Any]:
-    """Imports ``(tensorflow, tensorflow_datasets)`` with GPUs/TPUs hidden from TensorFlow (once)."""
+# TensorFlow is an extra: training, sampling and evaluation run without it (Grain over ArrayRecord,
+# TensorBoard's own protos); downloading or preparing TFDS sets, TFRecord sets and Inception-V3 need it.
+TF_INSTALL = "pip install 'dale-langevin[tf]'"
+
+
+def import_tf(purpose: str = "do this") -> tuple[Any, Any]:
+    """Imports ``(tensorflow, tensorflow_datasets)`` with GPUs/TPUs hidden from TensorFlow (once).
+
+    Raises ``ImportError`` naming ``purpose`` and :data:`TF_INSTALL` when TensorFlow is not installed.
+    """
     global _tf_configured
-    import tensorflow as tf
+    try:
+        import tensorflow as tf
+    except ImportError as err:
+        raise ImportError(f"TensorFlow is needed to {purpose} and is not installed: `{TF_INSTALL}`") from err
     import tensorflow_datasets as tfds
 
     if not _tf_configured:
@@ -217,11 +228,14 @@ def _data_source(spec: DatasetSpec, split: str, *, data_dir: str | None, downloa
         return read()  # tfds.testing.mock_data fakes sources without preparing anything
     except Exception as err:  # not prepared (tfds raises several kinds)
         missing = err
-    import_tf()  # the downloader needs TensorFlow: hide accelerators from it first
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
     where = str(data_dir if data_dir is not None else builder.data_dir_root)
     if not download:
         raise _unavailable(spec, where, "download=False and no prepared copy was found") from missing
+    try:
+        import_tf("download and prepare a TFDS set")  # before the downloader: hides accelerators from TF
+    except ImportError as err:
+        raise _unavailable(spec, where, str(err)) from err
     try:
         urls = _download_urls(builder)
     except ImportError as err:
@@ -253,7 +267,7 @@ def _read_all(source: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _tfrecord_arrays(spec: DatasetSpec, split: str, data_dir: str | None, max_examples: int | None):
     """A split prepared as TFRecord files, read in order through ``tf.data``."""
-    tf, tfds = import_tf()
+    tf, tfds = import_tf(f"read {spec.tfds_name!r}, prepared as TFRecord files in {data_dir!r}")
     ds = tfds.builder(spec.tfds_name, data_dir=data_dir).as_dataset(split=split, shuffle_files=False)
     ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)), num_parallel_calls=tf.data.AUTOTUNE)
     if max_examples is not None:
@@ -423,7 +437,7 @@ def write_embedded_as_tfds(
     spec = get_spec(name)
     if spec.tfds_name is None or spec.image_shape != (28, 28, 1):
         raise ValueError(f"the embedded digits can stand in for a 28x28 grey TFDS set, not {name!r}")
-    _, tfds = import_tf()
+    _, tfds = import_tf("write a prepared TFDS set")
     reference = tfds.builder(spec.tfds_name)  # features and version only: reads the registered metadata
 
     if not isinstance(train_copies, int) or train_copies < 1:
