@@ -190,7 +190,7 @@ def test_train_step_is_adam_and_ema_on_the_mdsm_gradient_in_closed_form():
     """One step by hand: per-example keys fold(fold(loss key, step), i), clipped Adam at the warm-up lr, EMA."""
     from dale_langevin.losses import dsm_loss, network_score_fn
 
-    c = tiny_config(**{"model.dropout": 0.0, "optim.grad_clip": 0.05})
+    c = tiny_config(**{"model.dropout": 0.0, "optim.grad_clip": 0.05, "optim.lr": 20.0})
     process, model, step_fn, state = state_lib.build(c)
     images = process.encode(jax.random.uniform(jax.random.key(0), (8, 28, 28, 1)))
     new, metrics = jax.jit(jax.vmap(step_fn, axis_name=parallel.AXIS))(
@@ -213,7 +213,6 @@ def test_train_step_is_adam_and_ema_on_the_mdsm_gradient_in_closed_form():
     b1, b2, eps = c.optim.beta1, c.optim.beta2, c.optim.eps
     # Adam's first step: m_hat = g, v_hat = g**2.
     adam = jax.tree.map(lambda p, x: p - lr * x / (np.sqrt((1 - b2) * x**2 / (1 - b2)) + eps), state.params, g)
-    del b1
     decay = min(c.ema.decay, 1.0 / 10.0)  # (1 + n) / (10 + n) at n = 0
     ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.params, adam)
 
@@ -225,6 +224,11 @@ def test_train_step_is_adam_and_ema_on_the_mdsm_gradient_in_closed_form():
     chex.assert_trees_all_close(new.ema_params, ema, rtol=1e-4, atol=1e-7)
     param_norm = np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(adam)))
     np.testing.assert_allclose(metrics["param_norm"], param_norm, rtol=1e-5)
+    # The norm after the update: a step of lr = 10 moves it far beyond float32 rounding (at 1e-3, 6e-8 of it).
+    before = np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(state.params)))
+    assert abs(param_norm - before) > 100 * 1e-5 * param_norm, (param_norm, before)
+    # Adam's state advances: its first moment is (1 - b1) g of the clipped gradient.
+    chex.assert_trees_all_close(optax.tree.get(new.opt_state, "mu"), jax.tree.map(lambda x: (1 - b1) * x, g), rtol=1e-4)
     chex.assert_trees_all_equal(new.rng, state.rng)  # keys are folded with the step, never split off the state
 
 
