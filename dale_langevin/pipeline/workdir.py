@@ -16,8 +16,9 @@ An ablation's folder (``--mode=ablate``) holds ``train/<name>/`` (one run folder
 Writes of whole files are atomic, so a killed process leaves the previous version or none, never
 half a file: on a local disk a temporary sibling is renamed into place; in a bucket an object
 appears whole when its upload completes, so it is written in place (a rename there is a copy).
-Growing files (``metrics.jsonl``, TensorBoard events) are rewritten whole at each flush rather than
-appended to, because an object cannot be appended to; ``gs://`` access is set up by :mod:`.storage`.
+Growing files: ``metrics.jsonl`` is appended to on a local disk and rewritten whole at each line in a
+bucket (an object cannot be appended to); a TensorBoard event file is rewritten whole at each flush
+and rolls over at 1 MiB. ``gs://`` access is set up by :mod:`.storage`.
 """
 
 from __future__ import annotations
