@@ -97,19 +97,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_config(name: str):
-    """The config ``configs/<name>.py`` (or the file ``name``), unlocked for the benchmark's overrides."""
+    """The config ``configs/<name>.py`` (or the file ``name``), unlocked for the benchmark's overrides.
+
+    ``name:arg`` passes ``arg`` to its ``get_config`` as the command line's ``--config=path:arg`` does
+    (``configs/paper/mnist_dale_langevin.py:cpu``).
+    """
+    name, _, arg = name.partition(":")
     path = pathlib.Path(name) if name.endswith(".py") else ROOT / "configs" / f"{name}.py"
     if not path.exists():
         raise ValueError(f"no config {name!r}: expected {path}")
-    config = config_lib.load_config_file(path)
+    config = config_lib.load_config_file(path, *([arg] if arg else []))
     config.unlock()
     return config
 
 
 def shrink(config) -> None:
     """``--micro``: an 8-channel one-level U-Net (3x3 and 1x1 convolutions), to test the harness in seconds."""
-    config.model.channels, config.model.channel_mult, config.model.num_res_blocks = 8, (1,), 1
-    config.model.attn_resolutions, config.model.dropout = (), 0.0
+    config.model.unet.channels, config.model.unet.channel_mult, config.model.unet.num_res_blocks = 8, (1,), 1
+    config.model.unet.attn_resolutions, config.model.unet.dropout = (), 0.0
 
 
 def device_info() -> dict:
@@ -249,13 +254,14 @@ def plain_train_step(config, process, model, tx) -> Callable:
     One device, one key for the batch, no collectives; same loss, optimiser and EMA as the package's step.
     """
     loss_settings = config_lib.loss_settings(config)
+    param = config_lib.make_parametrisation(config)
 
     def step(params, ema_params, opt_state, count, key, images):
         loss_key, dropout_key = jax.random.split(key)
 
         def loss_fn(p):
             net = lambda inp, level: model.apply(p, inp, level, train=True, rngs={"dropout": dropout_key})
-            return dsm_loss(loss_key, network_score_fn(net, process), images, process, **loss_settings)
+            return dsm_loss(loss_key, network_score_fn(net, process, param), images, process, **loss_settings)
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -331,10 +337,11 @@ def sample_row(compile_s: float, wall: list[float], batch: int, nfe: int, n_devi
 def lean_sampler(config, process, model, params, x_T, nfe: int, seed: int) -> Variant:
     """``samplers.sample`` (one scan) pmapped over local devices, ``x_T`` ``(B, H, W, C)`` split across them."""
     method, settings = sampler_settings(config, process, nfe)
+    param = config_lib.make_parametrisation(config)
 
     def device_sample(params, rng, x):
         net = lambda inp, level: model.apply(params, inp, level, train=False)
-        return samplers.sample(rng, network_score_fn(net, process), x, process, method=method, **settings)
+        return samplers.sample(rng, network_score_fn(net, process, param), x, process, method=method, **settings)
 
     n = parallel.local_device_count()
     args = (parallel.replicate(params), parallel.device_keys(jax.random.key(seed)), parallel.shard_batch(x_T))
@@ -352,13 +359,14 @@ def plain_sampler(config, process, model, params, x_T, nfe: int, seed: int) -> V
     method, kw = sampler_settings(config, process, nfe)
     update = sde.UPDATES[method][0]
     levels = np.asarray(sde.time_grid(process, nfe, kw["t_end"]))
+    param = config_lib.make_parametrisation(config)
     dt = (process.T - kw["t_end"]) / nfe if kw["step_size"] is None else kw["step_size"]
 
     def step(params, x, t, key, noise_scale):
         tb = jnp.full((x.shape[0],), t, jnp.float32)
         net = lambda inp, level: model.apply(params, inp, level, train=False)
         z = noise_scale * jax.random.normal(key, x.shape, x.dtype)
-        return update(x, network_score_fn(net, process)(x, tb), tb, dt, z, process)
+        return update(x, network_score_fn(net, process, param)(x, tb), tb, dt, z, process)
 
     params = jax.device_put(params)
     key = jax.random.key(seed)

@@ -10,9 +10,9 @@ def get_config():
     """CIFAR-10: 32x32x3."""
     c = default_config()
     c.data.dataset = "cifar10"
-    c.model.channels = 128
-    c.model.channel_mult = (1, 2, 2, 2)
-    c.model.attn_resolutions = (16,)
-    c.model.dropout = 0.1
+    c.model.unet.channels = 128
+    c.model.unet.channel_mult = (1, 2, 2, 2)
+    c.model.unet.attn_resolutions = (16,)
+    c.model.unet.dropout = 0.1
     c.training.n_iters = 300_000
     return c

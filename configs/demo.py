@@ -16,11 +16,11 @@ def get_config():
     """Demo: embedded MNIST, small U-Net, short schedule."""
     c = default_config()
     c.data.dataset = "embedded_mnist"
-    c.model.channels = 32
-    c.model.channel_mult = (1, 2, 2)
-    c.model.num_res_blocks = 1
-    c.model.attn_resolutions = ()
-    c.model.dropout = 0.0
+    c.model.unet.channels = 32
+    c.model.unet.channel_mult = (1, 2, 2)
+    c.model.unet.num_res_blocks = 1
+    c.model.unet.attn_resolutions = ()
+    c.model.unet.dropout = 0.0
     c.training.batch_size = 64
     c.training.n_iters = 1_200
     c.training.log_every = 50

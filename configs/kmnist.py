@@ -8,9 +8,9 @@ from dale_langevin.samplers import published
 
 
 def get_config():
-    """Kuzushiji-MNIST: 28x28x1; sampler extras as published for Fashion-MNIST."""
+    """Kuzushiji-MNIST: 28x28x1; our U-Net, with the published KMNIST sampler settings."""
     c = default_config()
     c.data.dataset = "kmnist"
     for method in ("dale_langevin", "sign_agnostic"):
-        c.sampling[method].update(published.settings("fashion_mnist", method))
+        c.sampling[method].update(published.settings("kmnist", method))
     return c

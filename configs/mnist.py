@@ -8,9 +8,9 @@ from dale_langevin.samplers import published
 
 
 def get_config():
-    """MNIST: 28x28x1, Dale-Langevin sampler with the published Fashion-MNIST extras (none published for MNIST)."""
+    """MNIST: 28x28x1, our U-Net, with the published MNIST sampler settings (configs/paper/ has the authors' network)."""
     c = default_config()
     c.data.dataset = "mnist"
     for method in ("dale_langevin", "sign_agnostic"):
-        c.sampling[method].update(published.settings("fashion_mnist", method))
+        c.sampling[method].update(published.settings("mnist", method))
     return c

@@ -5,14 +5,25 @@ For GBM the target is the conditional Hyvarinen score and the published weightin
 The same code serves the VE/VP processes with their Stein-score targets (see
 :mod:`dale_langevin.processes.base`).
 
-Network parametrisation: a network sees ``process.network_input(x_t, t)`` (``log x_t`` for GBM)
-and the noise level ``log std_t``, and predicts the standardised noise ``eps_hat`` of the kernel in
-its Gaussian domain; :func:`network_score_fn` turns it into the score via
-``process.score_from_noise`` (GBM: ``h = -1 - eps_hat / sqrt(v_t)``). The network never sees it.
+Network parametrisations (:class:`Parametrisation`; ``config.model.parametrisation``), the one place
+where a network's output becomes the score the samplers consume; the networks never see either:
+
+* ``log_noise`` (ours, the default): the network sees ``process.network_input(x_t, t)`` (``log x_t``
+  for GBM) and predicts the standardised noise ``eps_hat`` of the kernel in its Gaussian domain;
+  the score is ``process.score_from_noise(eps_hat, t)`` (GBM: ``h = -1 - eps_hat / sqrt(v_t)``).
+* ``score`` (the paper authors'): the network sees ``x_t`` itself and outputs the ordinary score
+  ``s = grad_x log p_t(x_t)``; the score is ``process.score_from_ordinary(s, x_t)`` (GBM: the
+  Hyvarinen score ``h = x_t s``; VE/VP: ``s``). Its M-DSM target ``s = h(x_t | x0) / x_t`` grows as
+  ``1 / (x_t v_t)`` at small ``t``, where ``log_noise``'s stays of unit scale.
+
+The noise level reaches the network as ``conditioning``: ``noise_level`` (``log std_t``, a float,
+for the U-Net and NCSN++) or ``level_index`` (the integer index ``k - 1`` of the level ``t = T k / K``
+nearest to ``t``, ``K = n_levels``, for NCSNv2's per-level conditional normalisation).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -22,6 +33,8 @@ from dale_langevin.checks import check_choice, check_int, check_range
 from dale_langevin.processes.base import WEIGHTINGS, DiffusionProcess, ScoreFn, expand_time
 
 T_SAMPLINGS = ("grid", "uniform")
+PARAMETRISATIONS = ("log_noise", "score")
+CONDITIONINGS = ("noise_level", "level_index")
 
 
 def _sum_per_example(a: jax.Array) -> jax.Array:
@@ -128,16 +141,67 @@ def dsm_loss(
     return jnp.mean(dsm_per_example(score_fn(x_t, t), x_t, x0, t, process, weighting))
 
 
-def network_score_fn(net_fn: Callable[[jax.Array, jax.Array], jax.Array], process: DiffusionProcess) -> ScoreFn:
-    """The documented parametrisation: a noise-predicting network -> ``score_fn(x_t, t)``.
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class Parametrisation:
+    """How a network's output becomes the score, and how it is told the noise level (see the module docstring).
 
-    ``net_fn(inputs, noise_level)`` takes ``process.network_input(x_t, t)`` ``(B, ...)`` and
-    ``log std_t`` ``(B,)`` and predicts the kernel's standardised noise ``eps_hat`` ``(B, ...)``;
-    the score is ``process.score_from_noise(eps_hat, t)`` (GBM: ``h = -1 - eps_hat / sqrt(v_t)``).
+    Attributes:
+      kind: ``log_noise`` (predict the kernel's standardised noise from ``network_input(x_t)``) or
+        ``score`` (predict the ordinary score from ``x_t``).
+      conditioning: ``noise_level`` (``log std_t``, float ``(B,)``) or ``level_index`` (int32 ``(B,)``
+        in ``[0, n_levels)``).
+      n_levels: the number of levels ``K`` a ``level_index`` network embeds (``t = T k / K``,
+        ``k = 1..K``); unused for ``noise_level``.
+
+    Hashable and a static pytree, so it can key compiled functions and pass through ``jit``.
+    """
+
+    kind: str = "log_noise"
+    conditioning: str = "noise_level"
+    n_levels: int = 1000
+
+    def __post_init__(self):
+        check_choice(self.kind, PARAMETRISATIONS, "parametrisation")
+        check_choice(self.conditioning, CONDITIONINGS, "conditioning")
+        check_int(self.n_levels, "n_levels", 1)
+
+
+DEFAULT_PARAMETRISATION = Parametrisation()  # log_noise, conditioned on log std_t
+
+
+def network_conditioning(t: jax.Array, process: DiffusionProcess, param: Parametrisation) -> jax.Array:
+    """What a network is given for the noise level at times ``t`` ``(B,)``: ``log std_t`` (float32) or
+    the level index ``clip(round(t K / T), 1, K) - 1`` (int32); shape ``(B,)``.
+
+    The index maps the training grid's ``t = T k / K`` (``k = 1..K-1``) and a ``K``-level sampler's
+    ``t = T k / K`` (``k = 1..K``) to ``k - 1`` exactly; other times go to the nearest level.
+    """
+    if param.conditioning == "noise_level":
+        return jnp.log(process.noise_std(t))
+    k = jnp.round(jnp.asarray(t, jnp.float32) * (param.n_levels / process.T)).astype(jnp.int32)
+    return jnp.clip(k, 1, param.n_levels) - 1
+
+
+def network_score_fn(
+    net_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    process: DiffusionProcess,
+    param: Parametrisation = DEFAULT_PARAMETRISATION,
+) -> ScoreFn:
+    """The documented parametrisation: a network ``net_fn(inputs, conditioning)`` -> ``score_fn(x_t, t)``.
+
+    ``net_fn`` takes ``(B, ...)`` inputs and the conditioning ``(B,)`` of :func:`network_conditioning`
+    and returns ``(B, ...)``. With ``param.kind == "log_noise"`` the inputs are
+    ``process.network_input(x_t, t)`` and the output is the noise ``eps_hat``, turned into
+    ``process.score_from_noise(eps_hat, t)`` (GBM: ``h = -1 - eps_hat / sqrt(v_t)``); with ``"score"``
+    the inputs are ``x_t`` and the output the ordinary score ``s``, turned into
+    ``process.score_from_ordinary(s, x_t)`` (GBM: ``h = x_t s``).
     """
 
     def score_fn(x_t, t):
-        eps_hat = net_fn(process.network_input(x_t, t), jnp.log(process.noise_std(t)))
-        return process.score_from_noise(eps_hat, t)
+        cond = network_conditioning(t, process, param)
+        if param.kind == "score":
+            return process.score_from_ordinary(net_fn(x_t, cond), x_t)
+        return process.score_from_noise(net_fn(process.network_input(x_t, t), cond), t)
 
     return score_fn

@@ -12,6 +12,12 @@ import re  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
+# Caches the code keeps in ~/.cache (Inception weights, reference statistics of test splits) go to a
+# folder of this session: tests neither read a user's cache nor leave files in it.
+_XDG_CACHE = tempfile.mkdtemp(prefix="xdg_cache_")
+atexit.register(shutil.rmtree, _XDG_CACHE, ignore_errors=True)
+os.environ["XDG_CACHE_HOME"] = _XDG_CACHE
+
 import jax  # noqa: E402  (must follow the flag)
 import pytest  # noqa: E402
 

@@ -19,8 +19,8 @@ def micro_config():
     c = load_config("ablation_cpu")
     c.update_from_flattened_dict(
         {
-            "model.channels": 4,
-            "model.channel_mult": (1,),
+            "model.unet.channels": 4,
+            "model.unet.channel_mult": (1,),
             "training.batch_size": 8,
             "training.n_iters": 2,
             "training.log_every": 1,

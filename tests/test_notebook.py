@@ -21,8 +21,8 @@ REPORT = re.compile(r"^(\w+)\s+log-mean (\S+) \(data (\S+)\)\s+log-std (\S+) \(d
 def tiny_config():
     """The demo config with the tiny sizes of tests/test_train.py, trained for two steps."""
     c = config_lib.load_config_file(ROOT / "configs" / "demo.py")
-    c.model.channels = 8
-    c.model.channel_mult = (1, 2)
+    c.model.unet.channels = 8
+    c.model.unet.channel_mult = (1, 2)
     c.training.batch_size = 8
     c.training.n_iters = TRAIN_STEPS
     c.training.log_every = c.training.ckpt_every = TRAIN_STEPS

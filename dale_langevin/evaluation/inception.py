@@ -15,6 +15,7 @@ on the CPU; GPUs stay with JAX.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import http.client
 import os
 import shutil
@@ -113,11 +114,19 @@ def _without_static_shapes(graph_def: Any) -> Any:
 class InceptionNet:
     """A feature function: ``net(images)`` maps float32 ``(N, H, W, 3)`` in [0, 255] to ``(N, 2048)``.
 
-    ``weights`` is the file the graph came from (reported next to the metrics).
+    ``weights`` is the file the graph came from (reported next to the metrics); ``identity`` names
+    the weights themselves, ``inception-<16 hex digits of the graph's SHA-256>`` (the same for the
+    ``.pb`` and the ``.tgz`` holding it, wherever they lie): the key of the cached reference statistics.
     """
 
     weights: str
     fn: Callable[[np.ndarray], np.ndarray] = dataclasses.field(repr=False)
+    identity: str = ""
+
+    def __post_init__(self):
+        if not self.identity:  # a network built by hand: named by where its weights came from
+            digest = hashlib.sha256(self.weights.encode()).hexdigest()[:16]
+            object.__setattr__(self, "identity", f"inception-{digest}")
 
     def __call__(self, images255: np.ndarray) -> np.ndarray:
         """Pool-3 features ``(N, 2048)`` (float32) of ``images255`` ``(N, H, W, 3)`` in [0, 255]."""
@@ -144,7 +153,10 @@ def feature_net(graph_def: Any, weights: str = "<in memory>") -> InceptionNet:
         # [-1, 2048], not the graph's own pool_3/_reshape, whose constant shape is [1, 2048].
         features = tf.reshape(pool, [-1, FEATURE_DIM])
     session = tf.compat.v1.Session(graph=graph)
-    return InceptionNet(weights=weights, fn=lambda x: session.run(features, {images: x}))
+    digest = hashlib.sha256(graph_def.SerializeToString(deterministic=True)).hexdigest()[:16]
+    return InceptionNet(
+        weights=weights, fn=lambda x: session.run(features, {images: x}), identity=f"inception-{digest}"
+    )
 
 
 def _download(url: str, cache_dir: str) -> str:

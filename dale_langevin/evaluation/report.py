@@ -39,14 +39,21 @@ def write_reports(config, workdir: Workdir, result: dict) -> None:
     wd_lib.save_figure(workdir.ablation_report("samples.png"), plot_samples(result["rows"], strips))
 
 
+def describe_network(config) -> str:
+    """``config.model`` in a few words: the network, its fields, and the parametrisation."""
+    m = config.model
+    fields = ", ".join(f"{k} {tuple(v) if isinstance(v, list | tuple) else v}" for k, v in m[m.name].items())
+    return f"{m.name}: {fields}; {m.parametrisation} parametrisation"
+
+
 def markdown_report(config, result: dict) -> str:
     """The markdown table of rows and trainings, with the budget they were measured at."""
     t, a = config.training, config.ablation
     lines = [
         "# Ablation: multiplicative (GBM) against additive (VE, VP) diffusion",
         "",
-        f"Dataset `{config.data.dataset}`; every model: the same U-Net ({config.model.channels} channels, "
-        f"{tuple(config.model.channel_mult)}), Adam lr {config.optim.lr}, batch {t.batch_size}, {t.n_iters} steps, "
+        f"Dataset `{config.data.dataset}`; every model: the same network ({describe_network(config)}), "
+        f"Adam lr {config.optim.lr}, batch {t.batch_size}, {t.n_iters} steps, "
         f"EMA {config.ema.decay}. Each row: {a.n_samples} samples scored against the test split in the features "
         f"of the offline classifier (test accuracy {result['classifier_accuracy']:.3f}); KID: "
         f"{config.eval.kid_subsets} subsets. nn ratio: median distance of a sample to its nearest training image "

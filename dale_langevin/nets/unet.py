@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -146,6 +147,8 @@ class ScoreUNet(nn.Module):
         parameters and values are the same whichever it is.
     """
 
+    conditioning: ClassVar[str] = "noise_level"  # fed log std_t (see dale_langevin.nets)
+
     channels: int = 32
     channel_mult: Sequence[int] = (1, 2, 2)
     num_res_blocks: int = 1
@@ -154,9 +157,9 @@ class ScoreUNet(nn.Module):
     dtype: jnp.dtype = jnp.float32
     conv: ConvFn = None
 
-    @nn.compact
-    def __call__(self, x: jax.Array, noise_level: jax.Array, *, train: bool = False) -> jax.Array:
-        """``x`` ``(B, H, W, C)``, ``noise_level`` ``(B,)`` -> ``(B, H, W, C)`` float32."""
+    def check_inputs(self, x: jax.Array, noise_level: jax.Array) -> None:
+        """Raises ``ValueError`` naming what the network cannot run with; ``x`` and ``noise_level`` may be
+        ``jax.ShapeDtypeStruct``s (the config check runs it without building anything)."""
         if x.ndim != 4 or noise_level.shape != x.shape[:1]:
             raise ValueError(f"expected x (B, H, W, C) and noise_level (B,), got {x.shape} and {noise_level.shape}")
         levels = len(self.channel_mult)
@@ -164,6 +167,12 @@ class ScoreUNet(nn.Module):
             raise ValueError(
                 f"image size {x.shape[1:3]} must divide by 2**{levels - 1} for channel_mult={self.channel_mult}"
             )
+
+    @nn.compact
+    def __call__(self, x: jax.Array, noise_level: jax.Array, *, train: bool = False) -> jax.Array:
+        """``x`` ``(B, H, W, C)``, ``noise_level`` ``(B,)`` -> ``(B, H, W, C)`` float32."""
+        self.check_inputs(x, noise_level)
+        levels = len(self.channel_mult)
         emb_dim = 4 * self.channels
         emb = sinusoidal_embedding(noise_level, self.channels)
         emb = nn.Dense(emb_dim, dtype=self.dtype)(emb)

@@ -8,7 +8,9 @@ a sampler needs no edit here:
 * ``config.process.<name>``: the constructor arguments (dataclass fields) of every process in
   :data:`dale_langevin.processes.PROCESSES`;
 * ``config.sampling.<method>``: the settings of every sampler in :mod:`dale_langevin.samplers`
-  (its keyword-only parameters and their defaults).
+  (its keyword-only parameters and their defaults);
+* ``config.model.<name>``: the fields of every network in :data:`dale_langevin.nets.NETWORKS`
+  (its dataclass fields but ``dtype`` and ``conv``, which the builder sets).
 
 :func:`validate` requires every field of :func:`default_config` (:func:`required_fields`: only the
 groups of the selected process and sampler) and no field it lacks, and checks each one before any
@@ -31,11 +33,13 @@ from ml_collections import config_dict
 from dale_langevin import losses, samplers
 from dale_langevin.checks import is_number
 from dale_langevin.cpu import conv as cpu_conv
-from dale_langevin.nets.unet import ScoreUNet
+from dale_langevin.nets import NETWORKS, conditioning_dtype, network_fields
 from dale_langevin.pipeline import data, parallel
 from dale_langevin.processes import PROCESSES, DiffusionProcess, get_process
+from dale_langevin.samplers import published
 
-STARTS = ("per_pixel", "scalar", "class_average")
+# Where sampling starts (dale_langevin.pipeline.generate.initial_state).
+STARTS = ("per_pixel", "per_channel", "scalar", "published", "class_average", "class_average_authors")
 INCEPTION_MODES = ("auto", "on", "off")
 DTYPES = ("float32", "bfloat16")
 SAMPLING_FIELDS = ("method", "start", "n_samples", "batch_size")  # the rest of config.sampling: sampler groups
@@ -86,12 +90,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.read_threads = 4  # threads reading and encoding batches ahead of the train step (0: inline)
 
     c.model = ml_collections.ConfigDict()
-    c.model.channels = 64
-    c.model.channel_mult = (1, 2, 2)
-    c.model.num_res_blocks = 2
-    c.model.attn_resolutions = (7,)
-    c.model.dropout = 0.1
+    c.model.name = "unet"  # unet (ours, CPU-sized) | ncsnv2_deeper (paper, 28x28 sets) | ncsnpp (paper, CIFAR-10)
+    # How the output becomes the score (dale_langevin.losses.Parametrisation): log_noise = log-space noise
+    # from log x_t (ours) | score = the ordinary score s from x_t, h = x s (the paper authors').
+    c.model.parametrisation = "log_noise"
     c.model.dtype = "float32"  # bfloat16 is an option on TPU/GPU; the sampler's exp/log stay float32
+    for name in NETWORKS:
+        c.model[name] = ml_collections.ConfigDict(network_fields(name))
+    # Our U-Net at MNIST size (the class defaults are the smallest sensible net).
+    c.model.unet.update(channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,), dropout=0.1)
 
     c.training = ml_collections.ConfigDict()
     c.training.batch_size = 128  # global, over all devices and hosts
@@ -121,7 +128,10 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.sampling = ml_collections.ConfigDict()
     c.sampling.method = "dale_langevin"  # a registered sampler: dale_langevin.samplers.names()
-    c.sampling.start = "per_pixel"  # per_pixel | scalar (published prior fit) | class_average
+    # per_pixel | per_channel | scalar: the prior fitted per pixel, per channel, or one pair (the published
+    # kind of fit) | published: the paper's constants | class_average: class means pushed to T by the exact
+    # kernel | class_average_authors: pushed with the published prior as GBM drift and volatility (the authors')
+    c.sampling.start = "per_pixel"
     c.sampling.n_samples = 64
     c.sampling.batch_size = 64  # per call, split over this host's devices
     for name in samplers.names():
@@ -145,11 +155,23 @@ def default_config() -> ml_collections.ConfigDict:
     # TTUR archive's URL (dale_langevin.evaluation.inception.DEFAULT_URL), "" = never download.
     c.eval.inception_url = config_dict.placeholder(str)
     c.eval.inception_batch_size = 50
+    # How many samples --mode=eval draws and scores (over all devices and processes; samples.npz is drawn
+    # again when it holds another count): None = config.sampling.n_samples. At least 2 (FID, KID).
+    c.eval.n_samples = config_dict.placeholder(int)
+    # Where the test split's features and their mean/covariance are cached, one .npz per dataset, split, size
+    # and feature extractor (offline classifier, Inception-V3), as score_sde ships assets/stats: a folder or a
+    # gs:// path; None = reference_stats/ in the Inception weights' cache folder (~/.cache/dale_langevin).
+    c.eval.reference_dir = config_dict.placeholder(str)
+    # Bits/dim of the 8-bit test split through the probability-flow ODE (GBM only; Hutchinson trace estimator,
+    # uniform dequantisation u = (pixel + U[0, 1)) / 256; dale_langevin/evaluation/likelihood.py):
+    c.eval.bpd_examples = 0  # test images used (a fixed random subset); 0 = skip (the CPU default: slow)
+    c.eval.bpd_steps = 100  # Heun steps of the ODE from t_min to T (2 network JVPs each)
+    c.eval.bpd_batch_size = 64  # images per call, split over this host's devices
     return c
 
 
-def load_config_file(path: str | os.PathLike, **kwargs) -> ml_collections.ConfigDict:
-    """``get_config(**kwargs)`` of the config file at ``path`` (``configs/*.py``: loaded by path, not a package)."""
+def load_config_file(path: str | os.PathLike, *args, **kwargs) -> ml_collections.ConfigDict:
+    """``get_config(*args, **kwargs)`` of the config file at ``path`` (``configs/*.py``: loaded by path, not a package)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no config file {path}")
@@ -157,7 +179,7 @@ def load_config_file(path: str | os.PathLike, **kwargs) -> ml_collections.Config
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(**kwargs)
+    return module.get_config(*args, **kwargs)
 
 
 def _leaves(node, prefix: str = "") -> list[str]:
@@ -170,10 +192,12 @@ def _leaves(node, prefix: str = "") -> list[str]:
 
 def required_fields(config) -> tuple[str, ...]:
     """The fields ``config`` must have: every leaf of :func:`default_config`, except the groups of the
-    processes and samplers it does not select."""
+    processes, networks and samplers it does not select."""
     process, method = config.get("process", {}).get("name"), config.get("sampling", {}).get("method")
+    network = config.get("model", {}).get("name")
     skip = tuple(f"process.{n}." for n in PROCESSES if n != process)
     skip += tuple(f"sampling.{n}." for n in samplers.names() if n != method)
+    skip += tuple(f"model.{n}." for n in NETWORKS if n != network)
     return tuple(p for p in _leaves(default_config()) if not p.startswith(skip))
 
 
@@ -214,24 +238,41 @@ def make_process(config) -> DiffusionProcess:
         raise _at(f"process.{name}", err) from err
 
 
-def make_model(config, backend: str | None = None) -> ScoreUNet:
-    """The U-Net from ``config.model``, with the convolution :func:`dale_langevin.cpu.conv.for_backend` picks.
-
-    ``backend`` defaults to ``jax.default_backend()``.
-    """
+def make_model(config, backend: str | None = None):
+    """The network ``config.model.name`` with its group's fields, and the convolution
+    :func:`dale_langevin.cpu.conv.for_backend` picks (``backend`` defaults to ``jax.default_backend()``)."""
     import jax
     import jax.numpy as jnp
 
     m = config.model
-    return ScoreUNet(
-        channels=m.channels,
-        channel_mult=tuple(m.channel_mult),
-        num_res_blocks=m.num_res_blocks,
-        attn_resolutions=tuple(m.attn_resolutions),
-        dropout=m.dropout,
-        dtype=getattr(jnp, m.dtype),
-        conv=cpu_conv.for_backend(backend or jax.default_backend()),
+    _require(m.name in NETWORKS, "model.name", f"must be one of {tuple(NETWORKS)}, got {m.name!r}")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in m[m.name].to_dict().items()}
+    return NETWORKS[m.name](
+        **fields, dtype=getattr(jnp, m.dtype), conv=cpu_conv.for_backend(backend or jax.default_backend())
     )
+
+
+def make_parametrisation(config) -> losses.Parametrisation:
+    """The :class:`~dale_langevin.losses.Parametrisation` of ``config.model``: its kind, and the network's
+    conditioning (a ``level_index`` network embeds ``config.model.<name>.num_classes`` levels)."""
+    m = config.model
+    _require(m.name in NETWORKS, "model.name", f"must be one of {tuple(NETWORKS)}, got {m.name!r}")
+    conditioning = NETWORKS[m.name].conditioning
+    n_levels = m[m.name].num_classes if conditioning == "level_index" else 1000
+    try:
+        return losses.Parametrisation(m.parametrisation, conditioning, n_levels)
+    except ValueError as err:
+        raise _at("model", err) from err
+
+
+def eval_n_samples(config) -> int:
+    """How many samples ``--mode=eval`` scores: ``config.eval.n_samples``, or ``config.sampling.n_samples`` if None."""
+    n = config.eval.n_samples
+    return config.sampling.n_samples if n is None else n
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def sampler_settings(config, **overrides) -> tuple[str, dict]:
@@ -270,6 +311,17 @@ def _flat(node, prefix: str = "") -> dict:
     return {prefix[:-1]: json.loads(json.dumps(node, default=str))}  # as config.json holds it (lists, not tuples)
 
 
+def _with_model_groups(saved: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A ``config.json`` written before ``config.model.name`` (the U-Net's fields flat in ``model``) in today's layout."""
+    model = saved.get("model")
+    if not isinstance(model, Mapping) or "name" in model:
+        return saved
+    unet = {k: v for k, v in model.items() if k in network_fields("unet")}
+    rest = {k: v for k, v in model.items() if k not in unet}
+    groups = {n: json.loads(json.dumps(network_fields(n))) for n in NETWORKS if n != "unet"}
+    return {**saved, "model": {"name": "unet", "parametrisation": "log_noise", **rest, "unet": unet, **groups}}
+
+
 def resume_differences(saved: Mapping[str, Any], config) -> list[str]:
     """The fields a resumed run must keep (:data:`RESUME_FIELDS` and ``process.<name>``) where ``saved`` differs.
 
@@ -277,7 +329,7 @@ def resume_differences(saved: Mapping[str, Any], config) -> list[str]:
     ``"config.model.channels: 8 -> 16"``. Empty when the run may resume.
     """
     fields = (*RESUME_FIELDS, f"process.{config.process.name}")
-    old, new = _flat(saved), _flat(config.to_dict())
+    old, new = _flat(_with_model_groups(saved)), _flat(config.to_dict())
     return [
         f"config.{p}: {old.get(p)!r} -> {new.get(p)!r}"
         for p in sorted(set(old) | set(new))
@@ -316,12 +368,61 @@ def _validate_sampling(config, process: DiffusionProcess) -> None:
                 f"periodic grids' sampler invalid: {err}"
             ) from err
     _require(s.start in STARTS, "sampling.start", f"must be one of {STARTS}, got {s.start!r}")
+    if s.start in ("published", "class_average_authors"):
+        _require(
+            published.dataset_key(config.data.dataset) in published.PRIORS,
+            "sampling.start",
+            f"={s.start!r} needs the paper's prior constants; it gives them for {tuple(published.PRIORS)}, "
+            f"not {config.data.dataset!r}",
+        )
+        _require(
+            process.name == "gbm", "sampling.start", f"={s.start!r} is a GBM (log-normal) start, not {process.name!r}'s"
+        )
     _require(
         isinstance(s.n_samples, int) and s.n_samples >= 1,
         "sampling.n_samples",
         f"must be an int >= 1, got {s.n_samples!r}",
     )
     parallel.per_device_batch(s.batch_size, "config.sampling.batch_size", local=True)
+
+
+def _validate_model(config, spec) -> None:
+    m = config.model
+    _require(m.name in NETWORKS, "model.name", f"must be one of {tuple(NETWORKS)}, got {m.name!r}")
+    _require(
+        m.parametrisation in losses.PARAMETRISATIONS,
+        "model.parametrisation",
+        f"must be one of {losses.PARAMETRISATIONS}, got {m.parametrisation!r}",
+    )
+    _require(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {m.dtype!r}")
+    group, path = m[m.name], f"model.{m.name}"
+    for field, value in group.items():
+        default = network_fields(m.name)[field]
+        if isinstance(default, bool):
+            _require(isinstance(value, bool), f"{path}.{field}", f"must be a bool, got {value!r}")
+        elif isinstance(default, int):
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{path}.{field}",
+                f"must be an int >= 1, got {value!r}",
+            )
+        elif isinstance(default, tuple) and field.endswith("mult"):
+            _require(
+                len(value) >= 1 and all(isinstance(v, int) and v >= 1 for v in value),
+                f"{path}.{field}",
+                f"must be a non-empty sequence of ints >= 1, got {value!r}",
+            )
+    if "dropout" in group:
+        d = group.dropout
+        _require(is_number(d) and 0 <= d < 1, f"{path}.dropout", f"must lie in [0, 1), got {d!r}")
+    import jax
+
+    model = make_model(config, backend="cpu")
+    x = jax.ShapeDtypeStruct((1, *spec.image_shape), jax.numpy.float32)
+    try:  # the network's own input check on shapes alone: its fields against this dataset's images
+        model.check_inputs(x, jax.ShapeDtypeStruct((1,), conditioning_dtype(model)))
+    except ValueError as err:
+        raise ValueError(f"config.{path} is invalid for {spec.name} images {spec.image_shape}: {err}") from err
 
 
 def unknown_fields(config) -> list[str]:
@@ -348,6 +449,8 @@ def validate(config) -> None:
             + (
                 f" (now config.sampling.<method>.{p.split('.')[-1]})"
                 if p.startswith("sampling.") and p.count(".") == 1
+                else f" (now config.model.unet.{p.split('.')[-1]})"
+                if p.startswith("model.") and p.count(".") == 1 and p.split(".")[-1] in network_fields("unet")
                 else " (removed: the training stream is a full permutation of the split every epoch)"
                 if p == "data.shuffle_buffer"
                 else ""
@@ -383,19 +486,7 @@ def validate(config) -> None:
         losses.check_settings(process, **loss_settings(config))
     except ValueError as err:
         raise _at("training", err, loss_settings(config)) from err
-    m = config.model
-    _require(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {m.dtype!r}")
-    for field in ("channels", "num_res_blocks"):
-        _require(
-            isinstance(m[field], int) and m[field] >= 1, f"model.{field}", f"must be an int >= 1, got {m[field]!r}"
-        )
-    factor = 2 ** (len(m.channel_mult) - 1)
-    _require(
-        spec.image_shape[0] % factor == 0,
-        "model.channel_mult",
-        f"has {len(m.channel_mult)} levels; {spec.name} images of size {spec.image_shape[0]} must divide by {factor}",
-    )
-    _require(is_number(m.dropout) and 0 <= m.dropout < 1, "model.dropout", f"must lie in [0, 1), got {m.dropout!r}")
+    _validate_model(config, spec)
     o = config.optim
     _require(is_number(o.lr) and o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     _require(is_number(o.grad_clip) and o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables clipping)")
@@ -417,3 +508,20 @@ def validate(config) -> None:
     for field in ("classifier_epochs", "kid_subsets", "kid_subset_size", "n_nearest", "inception_batch_size"):
         _require(isinstance(e[field], int) and e[field] >= 1, f"eval.{field}", f"must be an int >= 1, got {e[field]!r}")
     _require(e.inception in INCEPTION_MODES, "eval.inception", f"must be one of {INCEPTION_MODES}, got {e.inception!r}")
+    _require(
+        e.n_samples is None or (_is_int(e.n_samples) and e.n_samples >= 2),
+        "eval.n_samples",
+        f"must be an int >= 2, or None for config.sampling.n_samples, got {e.n_samples!r}",
+    )
+    _require(
+        e.reference_dir is None or (isinstance(e.reference_dir, str) and e.reference_dir != ""),
+        "eval.reference_dir",
+        f"must be a folder (local or gs://), or None for the default cache, got {e.reference_dir!r}",
+    )
+    _require(
+        _is_int(e.bpd_examples) and e.bpd_examples >= 0,
+        "eval.bpd_examples",
+        f"must be an int >= 0 (0 skips bits/dim), got {e.bpd_examples!r}",
+    )
+    _require(_is_int(e.bpd_steps) and e.bpd_steps >= 1, "eval.bpd_steps", f"must be an int >= 1, got {e.bpd_steps!r}")
+    parallel.per_device_batch(e.bpd_batch_size, "config.eval.bpd_batch_size", local=True)

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dale_langevin.losses import dsm_loss, network_score_fn
+from dale_langevin.losses import DEFAULT_PARAMETRISATION, Parametrisation, dsm_loss, network_score_fn
+from dale_langevin.nets import conditioning_dtype
 from dale_langevin.pipeline import checkpoint, config as config_lib, data, parallel
 from dale_langevin.pipeline.workdir import Workdir
 
@@ -54,7 +55,8 @@ def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
 def create_train_state(rng: jax.Array, model, tx, image_shape: tuple[int, int, int]) -> TrainState:
     """Initial state for a model on images of ``image_shape`` ``(H, W, C)``; EMA starts at the params."""
     init_rng, state_rng = jax.random.split(rng)
-    params = model.init(init_rng, jnp.zeros((1, *image_shape)), jnp.zeros((1,)), train=False)
+    cond = jnp.zeros((1,), conditioning_dtype(model))
+    params = model.init(init_rng, jnp.zeros((1, *image_shape)), cond, train=False)
     return TrainState(
         step=jnp.asarray(0, jnp.int32),
         params=params,
@@ -76,13 +78,15 @@ def make_train_step(
     t_min: float,
     ema: float,
     ema_warmup: bool,
+    parametrisation: Parametrisation = DEFAULT_PARAMETRISATION,
 ) -> Callable:
     """Returns the per-device step ``(state, batch) -> (state, metrics)`` to be pmapped over ``parallel.AXIS``.
 
     ``batch["images"]`` is ``(per_device_batch, H, W, C)`` in the process domain. Gradients and the
     loss are averaged over devices. Each example draws its ``t`` and noise from a key folded with
     the step and its global batch index (so the update does not depend on the device count);
-    dropout uses ``fold_in(fold_in(key, device), step)``. Metrics: loss, grad_norm, param_norm, lr.
+    dropout uses ``fold_in(fold_in(key, device), step)``. ``parametrisation`` turns the network's
+    output into the score (:func:`dale_langevin.losses.network_score_fn`). Metrics: loss, grad_norm, param_norm, lr.
     """
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -94,7 +98,7 @@ def make_train_step(
             net = lambda inp, level: model.apply(params, inp, level, train=True, rngs={"dropout": dropout_rng})
             return dsm_loss(
                 example_keys,
-                network_score_fn(net, process),
+                network_score_fn(net, process, parametrisation),
                 batch["images"],
                 process,
                 weighting=weighting,
@@ -134,6 +138,7 @@ def build(config, rng: jax.Array | None = None, model=None):
         **config_lib.loss_settings(config),
         ema=config.ema.decay,
         ema_warmup=config.ema.warmup,
+        parametrisation=config_lib.make_parametrisation(config),
     )
     rng = jax.random.key(config.seed) if rng is None else rng
     state = create_train_state(rng, model, tx, data.get_spec(config.data.dataset).image_shape)

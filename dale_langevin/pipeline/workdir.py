@@ -10,6 +10,9 @@ folder holds::
     samples.npz/.png/.json  --mode=sample               eval.json/.md   --mode=eval
     nearest_neighbours.png                              classifier/     the offline feature classifier
 
+Outside the run folders, ``--mode=eval`` caches the test split's feature statistics once per dataset
+and feature extractor in ``config.eval.reference_dir`` (:func:`reference_stats`).
+
 An ablation's folder (``--mode=ablate``) holds ``train/<name>/`` (one run folder per training),
 ``rows/`` (cached rows), ``classifier/``, ``ablation.md``, ``ablation.csv``, ``nfe.png`` and ``samples.png``.
 
@@ -27,6 +30,7 @@ import csv
 import io
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -45,6 +49,25 @@ def _resolve(root: str | os.PathLike) -> epath.Path:
         storage.configure()
         return epath.Path(text)
     return epath.Path(text).expanduser().resolve()
+
+
+def resolve(path: str | os.PathLike) -> epath.Path:
+    """``path`` as an ``epath.Path``: a local path expanded and made absolute, ``gs://...`` kept as written."""
+    return _resolve(path)
+
+
+def reference_stats(
+    directory: str | os.PathLike, dataset: str, split: str, n_images: int, extractor: str
+) -> epath.Path:
+    """The cached test-split statistics of ``dataset``'s ``split`` (``n_images`` images) under the feature
+    extractor ``extractor`` in the cache folder ``directory`` (``config.eval.reference_dir``; outside any run).
+
+    One ``.npz`` per key, e.g. ``embedded_mnist_test_500_classifier-0123456789abcdef.npz``; characters
+    other than letters, digits, ``.``, ``_`` and ``-`` in the key become ``-`` (a TFDS split such as
+    ``test[:50%]``).
+    """
+    key = "_".join(re.sub(r"[^A-Za-z0-9._-]", "-", str(p)) for p in (dataset, split, n_images, extractor))
+    return resolve(directory) / f"{key}.npz"
 
 
 class Workdir:

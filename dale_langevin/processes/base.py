@@ -52,6 +52,9 @@ class DiffusionProcess(Protocol):
     def score_from_noise(self, eps_hat: jax.Array, t: jax.Array) -> jax.Array:
         """The network parametrisation: predicted standardised noise -> score; shape of ``eps_hat``."""
 
+    def score_from_ordinary(self, s: jax.Array, x_t: jax.Array) -> jax.Array:
+        """The ``score`` parametrisation: the ordinary score ``grad_x log p_t`` at ``x_t`` -> this process's score."""
+
     def network_input(self, x_t: jax.Array, t: jax.Array) -> jax.Array:
         """What the network sees of ``x_t``: an O(1)-scaled array of the same shape."""
 

@@ -157,6 +157,10 @@ class GBM:
         """
         return -1.0 - eps_hat / expand_time(self.noise_std(t), eps_hat)
 
+    def score_from_ordinary(self, s: jax.Array, x_t: jax.Array) -> jax.Array:
+        """The ``score`` parametrisation: ordinary score ``s = grad_x log p_t`` -> Hyvarinen ``h = x_t * s``."""
+        return x_t * s
+
     def network_input(self, x_t: jax.Array, t: jax.Array) -> jax.Array:
         """``log x_t``: the log domain is where the kernel is Gaussian and O(1) at every t."""
         del t

@@ -194,6 +194,7 @@ def log_likelihood(
     *,
     n_steps: int = 100,
     t_min: float = 1e-3,
+    probe: jax.Array | None = None,
 ) -> jax.Array:
     """``log p(x0)`` in nats per example ``(B,)`` through the probability-flow ODE (instantaneous change of variables).
 
@@ -202,11 +203,13 @@ def log_likelihood(
     ``X = e^Y`` at ``x0`` (``- sum log x0``). ``prior.log_prob(x)`` is the elementwise density of
     ``X_T`` in x space (e.g. a fitted :class:`~dale_langevin.processes.priors.LogNormalPrior`). ``rng`` draws one
     Rademacher probe per example for Hutchinson's trace estimator; ``None`` computes the exact
-    divergence (one JVP per coordinate: small data only). This is the density of ``X_{t_min}``,
-    which approaches that of ``X_0`` as ``t_min -> 0``.
+    divergence (one JVP per coordinate: small data only); ``probe`` (the shape of ``x0``) gives the
+    probes instead of drawing them from ``rng`` (e.g. one key per example, whatever the batch).
+    This is the density of ``X_{t_min}``, which approaches that of ``X_0`` as ``t_min -> 0``.
     """
     y0 = jnp.log(x0)
-    probe = None if rng is None else jax.random.rademacher(rng, y0.shape, y0.dtype)
+    if probe is None and rng is not None:
+        probe = jax.random.rademacher(rng, y0.shape, y0.dtype)
     ts = ode_time_grid(process, n_steps, t_min, "log_std")[::-1]  # increasing
 
     def rhs(y, t):

@@ -163,6 +163,20 @@ def network_evaluations(*, n_steps: int, n_inner: int, denoise_steps: int, **_) 
     return n_steps * n_inner + denoise_steps
 
 
+# The samplers whose published reverse loop counts network evaluations as authors_loop_evaluations does.
+AUTHORS_LOOP = ("dale_langevin", "sign_agnostic")
+
+
+def authors_loop_evaluations(*, n_steps: int, n_inner: int, denoise_steps: int, **_) -> int:
+    """Network evaluations per sample of the paper authors' reverse loop at the same settings:
+    ``n_steps * (n_inner + 1) + denoise_steps``.
+
+    Their loop evaluates the network ``L + 1`` times per level (``L = n_inner``) and discards one
+    evaluation, so the count the paper's tables imply is one per level above :func:`network_evaluations`.
+    """
+    return n_steps * (n_inner + 1) + denoise_steps
+
+
 # name -> (update, the process names it supports); each is registered as a sampler of its own.
 UPDATES: dict[str, tuple[UpdateFn, tuple[str, ...]]] = {
     "dale_langevin": (dale_langevin_update, ("gbm",)),

@@ -1,0 +1,20 @@
+"""The paper's CIFAR-10 row, Dale-Langevin sampler from class averages: delta 0.0002, L 4, anneal 0.9995, 25 noise-free final steps.
+
+NCSN++ deep, score parametrisation (h = x s), class means pushed to T by the authors' rule; 4025 network evaluations per sample at
+1000 levels. Settings and their sources: docs/reproduction.md; builder: dale_langevin.pipeline.paper.
+
+    W=gs://BUCKET/paper/cifar10_dale_langevin_class_average
+    python -m dale_langevin.main --config=configs/paper/cifar10_dale_langevin_class_average.py --workdir=$W
+    python -m dale_langevin.main --config=configs/paper/cifar10_dale_langevin_class_average.py --workdir=$W --mode=eval
+    # the CPU-sized version (embedded digits, narrow network, 1,200 steps):
+    python -m dale_langevin.main --config=configs/paper/cifar10_dale_langevin_class_average.py:cpu --workdir=/tmp/$(basename $W)
+
+BUDGET
+"""
+
+from dale_langevin.pipeline import paper
+
+
+def get_config(size: str = "full"):
+    """``size``: ``full`` (the authors' settings) or ``cpu``."""
+    return paper.config("cifar10", "dale_langevin", class_average=True, size=size)

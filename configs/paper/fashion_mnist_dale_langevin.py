@@ -1,0 +1,20 @@
+"""The paper's Fashion-MNIST row, Dale-Langevin sampler: delta 0.000586, L 1, anneal 0.995.
+
+NCSNv2-deeper, score parametrisation (h = x s), the published log-normal prior; 1000 network evaluations per sample at
+1000 levels. Settings and their sources: docs/reproduction.md; builder: dale_langevin.pipeline.paper.
+
+    W=gs://BUCKET/paper/fashion_mnist_dale_langevin
+    python -m dale_langevin.main --config=configs/paper/fashion_mnist_dale_langevin.py --workdir=$W
+    python -m dale_langevin.main --config=configs/paper/fashion_mnist_dale_langevin.py --workdir=$W --mode=eval
+    # the CPU-sized version (embedded digits, narrow network, 1,200 steps):
+    python -m dale_langevin.main --config=configs/paper/fashion_mnist_dale_langevin.py:cpu --workdir=/tmp/$(basename $W)
+
+BUDGET
+"""
+
+from dale_langevin.pipeline import paper
+
+
+def get_config(size: str = "full"):
+    """``size``: ``full`` (the authors' settings) or ``cpu``."""
+    return paper.config("fashion_mnist", "dale_langevin", size=size)

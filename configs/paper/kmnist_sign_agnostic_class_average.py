@@ -1,0 +1,20 @@
+"""The paper's Kuzushiji-MNIST row, sign-agnostic sampler from class averages: delta 0.000336, L 2, anneal 1.
+
+NCSNv2-deeper, score parametrisation (h = x s), class means pushed to T by the authors' rule; 2000 network evaluations per sample at
+1000 levels. Settings and their sources: docs/reproduction.md; builder: dale_langevin.pipeline.paper.
+
+    W=gs://BUCKET/paper/kmnist_sign_agnostic_class_average
+    python -m dale_langevin.main --config=configs/paper/kmnist_sign_agnostic_class_average.py --workdir=$W
+    python -m dale_langevin.main --config=configs/paper/kmnist_sign_agnostic_class_average.py --workdir=$W --mode=eval
+    # the CPU-sized version (embedded digits, narrow network, 1,200 steps):
+    python -m dale_langevin.main --config=configs/paper/kmnist_sign_agnostic_class_average.py:cpu --workdir=/tmp/$(basename $W)
+
+BUDGET
+"""
+
+from dale_langevin.pipeline import paper
+
+
+def get_config(size: str = "full"):
+    """``size``: ``full`` (the authors' settings) or ``cpu``."""
+    return paper.config("kmnist", "sign_agnostic", class_average=True, size=size)
