@@ -13,6 +13,10 @@ For each preset (``configs/paper/<name>.py``, the full-size settings):
   line (defaults: 25% of the H100's dense TF32 peak of 495 TFLOP/s, 25% of 4 x 275 TFLOP/s bf16 for
   the TPU v4 host). These are estimates from counted FLOPs, not measurements on those machines;
 * ``--measure_cpu``: the median train-step time of the preset's CPU-sized version on this machine.
+
+``--throughput=demo,configs/paper/mnist_dale_langevin.py:cpu,... --batch=64`` instead times the
+pmapped train step of each named config at one batch, round-robin (one step of each in turn, so load
+from other jobs falls on all alike), and prints images/s and the ratio to the first config.
 """
 
 from __future__ import annotations
@@ -62,23 +66,58 @@ def counted_flops(config) -> dict:
     return {"forward": forward / PROBE_BATCH, "train": train / PROBE_BATCH, "params": n_params}
 
 
-def cpu_step_seconds(config, steps: int = 3) -> float:
-    """Median seconds of the pmapped train step of ``config`` on this machine (after one compile and one warm-up)."""
+def _stepper(config):
+    """A closure running one pmapped train step of ``config`` on a constant batch; returns its seconds."""
     from dale_langevin.pipeline import parallel, state as state_lib
 
     _, _, step, state = state_lib.build(config)
     p_step = parallel.pmap(step, donate_argnums=(0,))
-    state = parallel.replicate(state)
+    box = {"state": parallel.replicate(state)}
     shape = (config.training.batch_size, *data.get_spec(config.data.dataset).image_shape)
     batch = {"images": parallel.shard_batch(jnp.ones(shape) * 1.5)}
-    times = []
-    for i in range(steps + 1):
+
+    def one() -> float:
         start = time.perf_counter()
-        state, metrics = p_step(state, batch)
+        box["state"], metrics = p_step(box["state"], batch)
         jax.block_until_ready(metrics)
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return time.perf_counter() - start
+
+    return one
+
+
+def cpu_step_seconds(config, steps: int = 3) -> float:
+    """Median seconds of the pmapped train step of ``config`` on this machine (after one compile and one warm-up)."""
+    one = _stepper(config)
+    one()
+    return statistics.median(one() for _ in range(steps))
+
+
+def throughput(names: list[str], batch: int, steps: int) -> list[dict]:
+    """Train-step images/s of each config (``configs/<name>.py`` or ``path.py[:arg]``) at ``batch``, round-robin."""
+    configs = []
+    for name in names:
+        path, _, arg = name.partition(":")
+        path = path if path.endswith(".py") else str(ROOT / "configs" / f"{path}.py")
+        config = config_lib.load_config_file(path, *([arg] if arg else []))
+        config.training.batch_size = batch
+        configs.append(config)
+    steppers = [_stepper(c) for c in configs]
+    for one in steppers:  # compile and warm up
+        one(), one()
+    times = [[] for _ in steppers]
+    for _ in range(steps):
+        for k, one in enumerate(steppers):
+            times[k].append(one())
+    rows = []
+    for name, config, t in zip(names, configs, times, strict=True):
+        m = config.model
+        rows.append(
+            dict(config=name, network=m.name, parametrisation=m.parametrisation, batch=batch,
+                 median_step_s=statistics.median(t), images_per_s=batch / statistics.median(t))
+        )  # fmt: skip
+    for r in rows:
+        r["speed_vs_first"] = r["images_per_s"] / rows[0]["images_per_s"]
+    return rows
 
 
 def budget(name: str, h100_tflops: float, tpu_tflops: float, measure_cpu: bool) -> dict:
@@ -100,6 +139,7 @@ def budget(name: str, h100_tflops: float, tpu_tflops: float, measure_cpu: bool) 
         "train_iters": config.training.n_iters,
         "batch": config.training.batch_size,
         "nfe": nfe,
+        "nfe_authors": generate.network_evaluations_authors_loop(config),
         "eval_samples": n_eval,
         "train_pflop": train_total / 1e15,
         "sample_pflop": sample_total / 1e15,
@@ -119,8 +159,18 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--h100_tflops", type=float, default=0.25 * 495, help="assumed sustained TFLOP/s of one H100")
     p.add_argument("--tpu_tflops", type=float, default=0.25 * 4 * 275, help="assumed sustained TFLOP/s of a v4 host")
     p.add_argument("--measure_cpu", action="store_true", help="also time the CPU-sized preset's train step here")
+    p.add_argument("--throughput", default="", help="comma list of configs to time round-robin instead")
+    p.add_argument("--batch", type=int, default=64, help="--throughput: the global train batch")
+    p.add_argument("--steps", type=int, default=5, help="--throughput: timed steps per config")
     p.add_argument("--out", default=None, help="JSON output path")
     args = p.parse_args(argv)
+    if args.throughput:
+        rows = throughput(args.throughput.split(","), args.batch, args.steps)
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        if args.out:
+            pathlib.Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+        return rows
     names = [n for n in args.presets.split(",") if n] or sorted(
         os.path.basename(f)[:-3] for f in glob.glob(str(ROOT / "configs" / "paper" / "*.py"))
     )

@@ -154,3 +154,21 @@ def test_data_restart_benchmark_reports_every_start(tmp_path):
     assert set(r["restart"]) == {"5", "5000000"}
     assert all(_positive(v["median_s"]) for v in r["restart"].values())
     assert _positive(r["batches_per_s"]) and _positive(r["cold_s"])
+
+
+def test_paper_budget_counts_flops_that_scale_with_the_network():
+    """XLA's FLOP count of the paper networks: doubling the width of a conv net about quadruples its
+    FLOPs (3x3 convolutions are quadratic in the width), and a train step (forward, backward, loss)
+    costs 2-4 forward passes."""
+    from benchmarks import paper_budget
+    from dale_langevin.pipeline import paper
+
+    flops = {}
+    for ngf in (4, 8):
+        c = paper.config("mnist", "dale_langevin", size="cpu")
+        c.model.ncsnv2_deeper.ngf = ngf
+        flops[ngf] = paper_budget.counted_flops(c)
+    assert 3.0 < flops[8]["forward"] / flops[4]["forward"] < 4.2
+    for f in flops.values():
+        assert 2.0 < f["train"] / f["forward"] < 4.0
+    assert 2.0 < flops[8]["params"] / flops[4]["params"] < 4.0  # the per-level norm tables grow linearly

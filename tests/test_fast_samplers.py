@@ -242,7 +242,7 @@ def test_generate_runs_the_fast_samplers():
     # (numpy draws: no per-leaf compiles). Same key, so the same starts for every run below.
     c = _config(n_steps=3)
     c.sampling.batch_size = 4
-    c.model.update(channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
+    c.model.unet.update(channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
     config_lib.validate(c)
     process, model = config_lib.make_process(c), config_lib.make_model(c)
     shape = (28, 28, 1)

@@ -9,7 +9,9 @@ NCSN++ deep, score parametrisation (h = x s), the published log-normal prior; 60
     # the CPU-sized version (embedded digits, narrow network, 1,200 steps):
     python -m dale_langevin.main --config=configs/paper/cifar10_dale_langevin.py:cpu --workdir=/tmp/$(basename $W)
 
-BUDGET
+Budget (python -m benchmarks.paper_budget: XLA-counted FLOPs at an assumed 25% of peak, estimates):
+training 17.34 EFLOP, about 38.9 h on one H100 or 17.5 h on one TPU v4 host;
+the 50,000-sample evaluation at 6000 NFE 10.41 EFLOP, about 23.4 h / 10.5 h.
 """
 
 from dale_langevin.pipeline import paper

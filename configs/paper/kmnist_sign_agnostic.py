@@ -9,7 +9,9 @@ NCSNv2-deeper, score parametrisation (h = x s), the published log-normal prior; 
     # the CPU-sized version (embedded digits, narrow network, 1,200 steps):
     python -m dale_langevin.main --config=configs/paper/kmnist_sign_agnostic.py:cpu --workdir=/tmp/$(basename $W)
 
-BUDGET
+Budget (python -m benchmarks.paper_budget: XLA-counted FLOPs at an assumed 25% of peak, estimates):
+training 1.39 EFLOP, about 3.1 h on one H100 or 1.4 h on one TPU v4 host;
+the 50,000-sample evaluation at 3000 NFE 1.81 EFLOP, about 4.1 h / 1.8 h.
 """
 
 from dale_langevin.pipeline import paper

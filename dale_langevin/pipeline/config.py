@@ -326,7 +326,7 @@ def resume_differences(saved: Mapping[str, Any], config) -> list[str]:
     """The fields a resumed run must keep (:data:`RESUME_FIELDS` and ``process.<name>``) where ``saved`` differs.
 
     ``saved`` is the ``config.json`` of the run that wrote the checkpoints; each entry reads
-    ``"config.model.channels: 8 -> 16"``. Empty when the run may resume.
+    ``"config.model.unet.channels: 8 -> 16"``. Empty when the run may resume.
     """
     fields = (*RESUME_FIELDS, f"process.{config.process.name}")
     old, new = _flat(_with_model_groups(saved)), _flat(config.to_dict())
