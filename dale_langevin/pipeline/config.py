@@ -238,6 +238,13 @@ def make_process(config) -> DiffusionProcess:
         raise _at(f"process.{name}", err) from err
 
 
+def _network_class(config) -> type:
+    """The class of ``config.model.name``; ``ValueError`` naming the field when it is not a registered network."""
+    name = config.model.name
+    _require(name in NETWORKS, "model.name", f"must be one of {tuple(NETWORKS)}, got {name!r}")
+    return NETWORKS[name]
+
+
 def make_model(config, backend: str | None = None):
     """The network ``config.model.name`` with its group's fields, and the convolution
     :func:`dale_langevin.cpu.conv.for_backend` picks (``backend`` defaults to ``jax.default_backend()``)."""
@@ -245,19 +252,16 @@ def make_model(config, backend: str | None = None):
     import jax.numpy as jnp
 
     m = config.model
-    _require(m.name in NETWORKS, "model.name", f"must be one of {tuple(NETWORKS)}, got {m.name!r}")
+    cls = _network_class(config)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in m[m.name].to_dict().items()}
-    return NETWORKS[m.name](
-        **fields, dtype=getattr(jnp, m.dtype), conv=cpu_conv.for_backend(backend or jax.default_backend())
-    )
+    return cls(**fields, dtype=getattr(jnp, m.dtype), conv=cpu_conv.for_backend(backend or jax.default_backend()))
 
 
 def make_parametrisation(config) -> losses.Parametrisation:
     """The :class:`~dale_langevin.losses.Parametrisation` of ``config.model``: its kind, and the network's
     conditioning (a ``level_index`` network embeds ``config.model.<name>.num_classes`` levels)."""
     m = config.model
-    _require(m.name in NETWORKS, "model.name", f"must be one of {tuple(NETWORKS)}, got {m.name!r}")
-    conditioning = NETWORKS[m.name].conditioning
+    conditioning = _network_class(config).conditioning
     n_levels = m[m.name].num_classes if conditioning == "level_index" else 1000
     try:
         return losses.Parametrisation(m.parametrisation, conditioning, n_levels)
@@ -388,21 +392,21 @@ def _validate_sampling(config, process: DiffusionProcess) -> None:
 
 def _validate_model(config, spec) -> None:
     m = config.model
-    _require(m.name in NETWORKS, "model.name", f"must be one of {tuple(NETWORKS)}, got {m.name!r}")
+    _network_class(config)
     _require(
         m.parametrisation in losses.PARAMETRISATIONS,
         "model.parametrisation",
         f"must be one of {losses.PARAMETRISATIONS}, got {m.parametrisation!r}",
     )
     _require(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {m.dtype!r}")
-    group, path = m[m.name], f"model.{m.name}"
+    group, path, defaults = m[m.name], f"model.{m.name}", network_fields(m.name)
     for field, value in group.items():
-        default = network_fields(m.name)[field]
+        default = defaults[field]
         if isinstance(default, bool):
             _require(isinstance(value, bool), f"{path}.{field}", f"must be a bool, got {value!r}")
         elif isinstance(default, int):
             _require(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                _is_int(value) and value >= 1,
                 f"{path}.{field}",
                 f"must be an int >= 1, got {value!r}",
             )
