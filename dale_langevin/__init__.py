@@ -23,11 +23,12 @@ from dale_langevin.processes import (
     DiffusionProcess,
     GaussianPrior,
     LogNormalPrior,
+    LogVESDE,
     ScoreFn,
     fit_prior,
     get_process,
 )
-from dale_langevin.processes.analytic import LogNormalMixture, recovery_stats
+from dale_langevin.processes.analytic import GaussianMixture, LogNormalMixture, recovery_stats
 from dale_langevin.samplers import dale_langevin_update, network_evaluations, register, sample, sign_agnostic_update
 
 __version__ = "0.1.0"
@@ -39,9 +40,11 @@ __all__ = [
     "VPSDE",
     "WEIGHTINGS",
     "DiffusionProcess",
+    "GaussianMixture",
     "GaussianPrior",
     "LogNormalMixture",
     "LogNormalPrior",
+    "LogVESDE",
     "ScoreFn",
     "dale_langevin_update",
     "dsm_loss",

@@ -7,15 +7,17 @@ import numpy as np
 import pytest
 from test_train import load_config
 
+from dale_langevin import GBM
 from dale_langevin.evaluation import ablations
-from dale_langevin.pipeline import config as config_lib, generate
+from dale_langevin.pipeline import config as config_lib, data, generate
+from dale_langevin.processes import snr
 from dale_langevin.samplers import published
 
 SDE_SAMPLERS = ("dale_langevin", "sign_agnostic", "euler_maruyama")
 
 
 def micro_config():
-    """The CPU ablation shrunk to seconds: 4-channel one-level U-Net, 2 training steps, 8 samples, 3 levels."""
+    """The CPU ablation shrunk to seconds: 4-channel one-level U-Net, 2 training steps, 2 seeds of 8 samples, 3 levels."""
     c = load_config("ablation_cpu")
     c.update_from_flattened_dict(
         {
@@ -32,6 +34,7 @@ def micro_config():
             "eval.kid_subsets": 4,
             "eval.kid_subset_size": 4,
             "ablation.n_samples": 8,
+            "ablation.seeds": (0, 1),
             "ablation.curves": "gbm_dale_langevin,ve_euler_maruyama",
             "ablation.nfe_steps": (2,),
             **{f"sampling.{m}.denoise_steps": 1 for m in SDE_SAMPLERS},
@@ -44,31 +47,84 @@ def test_every_row_config_validates_and_differs_as_named():
     c = load_config("ablation_cpu")
     rows = ablations.validate(c)
     names = [r.name for r in ablations.grid(c)]
-    assert [r.name for r in rows] == names and len(names) == 11
+    assert [r.name for r in rows] == names and len(names) == 16
     configs = {r.name: ablations.row_config(c, r) for r in rows}
     described = {name: ablations.describe(rc) for name, rc in configs.items()}
-    assert described["ve_euler_maruyama"]["process"] == "ve" and described["vp_euler_maruyama"]["process"] == "vp"
+    processes = {name: d["process"] for name, d in described.items()}
+    assert processes["ve_euler_maruyama"] == processes["ve_snr_euler_maruyama"] == "ve"
+    assert processes["vp_euler_maruyama"] == "vp" and processes["log_ve_euler_maruyama"] == "log_ve"
     assert described["gbm_sign_agnostic"]["sampler"] == "sign_agnostic"
     assert described["gbm_ode"] == {**described["gbm_ode"], "sampler": "ode (dpm2)", "extras": "Tweedie step"}
     assert described["weighting_noise"]["weighting"] == "noise"
-    assert described["prior_scalar"]["prior"] == "scalar"
+    assert {described[n]["prior"] for n in ("prior_scalar", "ve_snr_scalar_prior", "vp_scalar_prior")} == {"scalar"}
+    assert {described[n]["prior"] for n in ("ve_snr_euler_maruyama", "vp_euler_maruyama")} == {"per_pixel"}
     assert described["extras_off_dale_langevin"]["extras"] == "off"
-    assert described["gbm_dale_langevin"]["extras"] == "10 denoise"
+    assert described["gbm_dale_langevin"]["extras"] == described["log_ve_euler_maruyama"]["extras"] == "10 denoise"
+    assert configs["parametrisation_score"].model.parametrisation == "score"
+    # The matched-SNR VE: sigma_max from the rule on the embedded digits; the other VE keeps 50.
+    sigma = configs["ve_snr_euler_maruyama"].process.ve.sigma_max
+    assert 2.0 < sigma < 2.5 and configs["ve_euler_maruyama"].process.ve.sigma_max == 50.0
+    pixels, _ = data.load_arrays("embedded_mnist", "train")
+    np.testing.assert_allclose(sigma, snr.matched_ve_sigma_max(pixels / 255.0, GBM()), atol=1e-4)
+    # Log-space VE is GBM's process written additively: the same sigma and T, sampling GBM's noise-weighted net.
+    lve = configs["log_ve_euler_maruyama"]
+    assert (lve.process.log_ve.sigma, lve.process.log_ve.T) == (lve.process.gbm.sigma, lve.process.gbm.T)
+    assert {r.name: r.training for r in rows}["log_ve_euler_maruyama"] == "gbm_noise"
     # Every row samples at ablation.n_steps levels (the ODE at half: two evaluations a level).
     nfe = {name: generate.network_evaluations(rc) for name, rc in configs.items()}
-    assert nfe["gbm_dale_langevin"] == nfe["ve_euler_maruyama"] == 110 and nfe["gbm_ode"] == 101
-    assert nfe["extras_off_dale_langevin"] == 100
-    # Equal budget: every training shares network, optimizer, data and steps with the base config.
+    assert nfe["gbm_dale_langevin"] == nfe["ve_euler_maruyama"] == nfe["log_ve_euler_maruyama"] == 110
+    assert nfe["gbm_ode"] == 101 and nfe["extras_off_dale_langevin"] == 100
+    # Equal budget: every training shares network, optimizer, data and steps with the base config; only
+    # gbm_score changes the parametrisation (the network's output), nothing else of config.model.
     for name in ablations.trainings(c):
         t = ablations.training_config(c, name)
-        assert (t.model, t.optim, t.data, t.training.n_iters) == (c.model, c.optim, c.data, c.training.n_iters)
+        model = t.model.to_dict() | {"parametrisation": c.model.parametrisation}
+        assert (model, t.optim, t.data, t.training.n_iters) == (c.model.to_dict(), c.optim, c.data, c.training.n_iters)
 
 
 def test_the_full_size_ablation_shares_the_grid():
     cpu, full = load_config("ablation_cpu"), load_config("ablation_mnist")
     assert ablations.grid(full) == ablations.grid(cpu) and ablations.trainings(full) == ablations.trainings(cpu)
+    assert full.ablation.curves == cpu.ablation.curves and tuple(full.ablation.seeds) == tuple(cpu.ablation.seeds)
     rows = ablations.validate(full)
-    assert len(rows) == 11 and ablations.row_config(full, rows[0]).sampling.dale_langevin.n_steps == 1000
+    assert len(rows) == 16 and ablations.row_config(full, rows[0]).sampling.dale_langevin.n_steps == 1000
+
+
+def test_draws_summarise_to_mean_and_spread_over_seeds():
+    draws = [
+        {"row": "r", "process": "gbm", "seed": s, "seconds": 2.0, "config_hash": "h", "kid_std": 9.0, **m}
+        for s, m in enumerate(
+            dict(fid=f, kid=k, class_entropy=0.9, empty_classes=e, nn_ratio=1.0, diverged=0.0)
+            for f, k, e in ((10.0, 0.01, 0), (14.0, 0.03, 1), (12.0, 0.02, 2))
+        )
+    ]
+    row = ablations.summarise(draws)
+    assert row["fid"] == 12.0 and row["fid_std"] == 2.0 and row["fid_seeds"] == [10.0, 14.0, 12.0]
+    np.testing.assert_allclose((row["kid"], row["kid_std"]), (0.02, 0.01))
+    assert row["empty_classes"] == 1.0 and row["class_entropy_std"] == 0.0
+    assert row["seeds"] == [0, 1, 2] and row["seconds"] == 6.0 and row["row"] == "r"
+    assert "config_hash" not in row and "seed" not in row
+    assert ablations.summarise(draws[:1])["fid_std"] == 0.0
+
+
+def test_cache_keys_follow_what_determines_a_model_and_a_draw():
+    c = load_config("ablation_cpu")
+    gbm = ablations.training_config(c, "gbm")
+    key = ablations.training_hash(gbm)
+    # Sampling, evaluation and the grid itself do not change a trained model.
+    for path, value in (("sampling.dale_langevin.n_steps", 7), ("eval.kid_subsets", 3), ("ablation.n_samples", 9)):
+        other = gbm.copy_and_resolve_references()
+        other.update_from_flattened_dict({path: value})
+        assert ablations.training_hash(other) == key, path
+    for path, value in (("training.n_iters", 7), ("model.unet.channels", 8), ("seed", 3), ("process.gbm.sigma", 0.5)):
+        other = gbm.copy_and_resolve_references()
+        other.update_from_flattened_dict({path: value})
+        assert ablations.training_hash(other) != key, path
+    row = ablations.row_config(c, ablations.grid(c)[0])
+    assert ablations.draw_hash(row, 200, 0) != ablations.draw_hash(row, 200, 1) != ablations.draw_hash(row, 100, 1)
+    assert ablations.draw_hash(row, 200, 0) != ablations.draw_hash(
+        ablations.row_config(c, ablations.grid(c)[1]), 200, 0
+    )
 
 
 def test_published_extras_keep_total_annealing_and_step_ratio():
@@ -97,6 +153,9 @@ def test_published_extras_keep_total_annealing_and_step_ratio():
         ({"ablation.nfe_steps": (0,)}, "config.ablation.nfe_steps"),
         ({"ablation.n_samples": 1}, "config.ablation.n_samples"),
         ({"ablation.n_steps": 0}, "config.ablation.n_steps"),
+        ({"ablation.seeds": ()}, "config.ablation.seeds"),
+        ({"ablation.seeds": (0, 0)}, "config.ablation.seeds"),
+        ({"ablation.seeds": (-1,)}, "config.ablation.seeds"),
         (
             {"sampling.sign_agnostic.noise_decay": 2.0},
             r"gbm_sign_agnostic.*config\.sampling\.sign_agnostic\.noise_decay",
@@ -149,6 +208,16 @@ def test_micro_run_writes_a_table_with_every_row(tmp_path):
         assert all(finite) or float(r["diverged"]) > 0.5, r
         assert 0.0 <= float(r["diverged"]) <= 1.0 and float(r["seconds"]) > 0
     assert float(table[0]["diverged"]) == 0.0  # Dale-Langevin never leaves the positive orthant
+    assert all(r["seeds"] == "0 1" for r in table)
+    by_name = {r["row"]: r for r in result["rows"]}
+    # Two seeds, two draws: the spread is their standard deviation.
+    gbm = by_name["gbm_dale_langevin"]
+    np.testing.assert_allclose(gbm["fid_std"], np.std(gbm["fid_seeds"], ddof=1))
+    assert gbm["fid_seeds"][0] != gbm["fid_seeds"][1]
+    # Log-space VE's Euler-Maruyama on the gbm_noise network is Dale-Langevin on it, draw by draw.
+    np.testing.assert_allclose(
+        by_name["log_ve_euler_maruyama"]["fid_seeds"], by_name["weighting_noise"]["fid_seeds"], rtol=1e-3
+    )
     nfe = {r["row"]: int(r["nfe"]) for r in table}
     assert nfe["gbm_dale_langevin"] == 3 + 1 and nfe["extras_off_dale_langevin"] == 3 and nfe["gbm_ode"] == 2 * 1 + 1
     report = (tmp_path / "ablation.md").read_text()

@@ -5,10 +5,13 @@
 The grid is data in the config: ``config.ablation.trainings`` (each model differs from the base
 config by a few overrides: the process or the weighting) and ``config.ablation.grid`` (each row
 differs from its training's config by its sampler and a few overrides; fields of :class:`Row`).
-:func:`run` trains every model the selected rows need, samples each row, scores it with the shared
-:class:`~dale_langevin.evaluation.evaluate.Scorer`, and has :mod:`.report` write ``ablation.md``,
-``ablation.csv``, ``nfe.png`` and ``samples.png``. Finished trainings and rows are cached
-(``train/<name>/summary.json``, ``rows/<row>_<steps>.json``), so a stopped run resumes.
+:func:`run` trains every model the selected rows need, samples each row once per sampling seed of
+``config.ablation.seeds``, scores each draw with the shared
+:class:`~dale_langevin.evaluation.evaluate.Scorer`, reports the mean and spread over the seeds, and has
+:mod:`.report` write ``ablation.md``, ``ablation.csv``, ``nfe.png`` and ``samples.png``. Finished
+trainings and draws are cached (``train/<name>/summary.json``, ``rows/<row>_<steps>_s<seed>.json``),
+each keyed by a digest of what determines it, so a stopped run resumes and a changed grid redoes only
+what it changed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import time
 
 import jax
+import numpy as np
 
 from dale_langevin import samplers
 from dale_langevin.evaluation import report
@@ -35,7 +39,13 @@ from dale_langevin.pipeline import (
 from dale_langevin.pipeline.workdir import Workdir
 from dale_langevin.samplers import published
 
-ABLATION_FIELDS = ("n_steps", "rows", "curves", "nfe_steps", "n_samples", "trainings", "grid")
+ABLATION_FIELDS = ("n_steps", "rows", "curves", "nfe_steps", "n_samples", "seeds", "trainings", "grid")
+
+# The per-draw metrics a row reports as mean and spread over its sampling seeds.
+SEED_METRICS = ("fid", "kid", "class_entropy", "empty_classes", "nn_ratio", "diverged")
+
+# Config blocks that cannot change a trained model: a training's cache key leaves them out.
+NOT_TRAINING = ("ablation", "sampling", "eval")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +94,22 @@ def _override(config, overrides):
     return c
 
 
-def config_hash(config) -> str:
-    """A digest of a whole config: a cached training or row is reused only for the config that made it."""
-    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+def config_hash(config, drop: tuple[str, ...] = (), **extra) -> str:
+    """A digest of ``config`` without its top-level blocks ``drop``, plus ``extra``: a cached training or draw
+    is reused only for the settings that made it."""
+    fields = {k: v for k, v in config.to_dict().items() if k not in drop}
+    text = json.dumps({**fields, **extra}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def training_hash(config) -> str:
+    """The cache key of a training: its config without the blocks that only sampling and scoring read."""
+    return config_hash(config, NOT_TRAINING)
+
+
+def draw_hash(config, n_samples: int, seed: int) -> str:
+    """The cache key of one draw of a row: the row's config (sampler included), the sample count and seed."""
+    return config_hash(config, ("ablation",), n_samples=n_samples, sampling_seed=seed)
 
 
 def trainings(config) -> dict[str, Training]:
@@ -189,6 +211,9 @@ def validate(config) -> list[Row]:
         raise ValueError(f"config.ablation.nfe_steps must be ints >= 1, got {tuple(a.nfe_steps)}")
     if not (isinstance(a.n_samples, int) and a.n_samples >= 2):
         raise ValueError(f"config.ablation.n_samples must be an int >= 2, got {a.n_samples!r}")
+    seeds = tuple(a.seeds)
+    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"config.ablation.seeds must be distinct ints >= 0, at least one, got {seeds}")
     for row in rows:
         try:
             config_lib.validate(row_config(config, row))
@@ -206,7 +231,7 @@ def train_models(config, workdir: Workdir, rows: list[Row], log=print) -> dict:
         path = workdir.ablation_training_summary(name)
         cfg = training_config(config, name)
         summary = wd_lib.read_json(path)
-        if summary is not None and summary.get("config_hash") != config_hash(cfg):
+        if summary is not None and summary.get("config_hash") != training_hash(cfg):
             log(f"[ablation] training {name}: its config changed since it was trained; training again (resumes)")
             summary = None
         if summary is None:
@@ -221,7 +246,7 @@ def train_models(config, workdir: Workdir, rows: list[Row], log=print) -> dict:
                 "seconds": time.perf_counter() - t0,
                 "final_loss": last.get("loss"),
                 "images_per_sec": last.get("images_per_sec"),
-                "config_hash": config_hash(cfg),
+                "config_hash": training_hash(cfg),
             }
             if parallel.is_chief():
                 wd_lib.write_json(path, summary)
@@ -229,22 +254,27 @@ def train_models(config, workdir: Workdir, rows: list[Row], log=print) -> dict:
     return summaries
 
 
-def sample_row(config, workdir: Workdir, row: Row, n_steps: int | None, scorer: Scorer, log=print) -> dict:
-    """Samples ``config.ablation.n_samples`` images for ``row`` at ``n_steps`` levels and scores them (cached)."""
+def sample_draw(config, workdir: Workdir, row: Row, n_steps: int | None, seed: int, scorer: Scorer, log=print) -> dict:
+    """Samples ``config.ablation.n_samples`` images for ``row`` at ``n_steps`` levels with sampling seed ``seed``
+    and scores them (cached in ``rows/<row>_<steps>_s<seed>.json``); returns the draw's record."""
     cfg = row_config(config, row, n_steps)
     steps = row_levels(config, row, n_steps)
-    path = workdir.ablation_row(row.name, steps, "json")
+    n = config.ablation.n_samples
+    path = workdir.ablation_row(row.name, steps, "json", seed)
+    key = draw_hash(cfg, n, seed)
     cached = wd_lib.read_json(path)
-    if cached is not None and cached.get("config_hash") == config_hash(cfg):
+    if cached is not None and cached.get("config_hash") == key:
         return cached
     train_dir = workdir.ablation_training(row.training)
     process, model = config_lib.make_process(cfg), config_lib.make_model(cfg)
-    stats = generate.start_stats(cfg, process, train_dir, write=parallel.is_chief())
+    # A row may sample its training's network under another process (log-space VE reads GBM's network):
+    # the training folder's prior fits are then in the wrong domain, so fit afresh and keep nothing.
+    same_process = cfg.process.name == training_config(config, row.training).process.name
+    stats = generate.start_stats(cfg, process, train_dir if same_process else None, write=parallel.is_chief())
     params = state_lib.restore_latest(cfg, train_dir).ema_params
     t0 = time.perf_counter()
-    images, _, _ = generate.generate(
-        cfg, process, model, params, stats, jax.random.key(cfg.seed + 1), config.ablation.n_samples
-    )
+    rng = jax.random.fold_in(jax.random.key(cfg.seed + 1), seed)
+    images, _, _ = generate.generate(cfg, process, model, params, stats, rng, n)
     seconds = time.perf_counter() - t0
     result = {
         "row": row.name,
@@ -254,18 +284,39 @@ def sample_row(config, workdir: Workdir, row: Row, n_steps: int | None, scorer: 
         "n_steps": steps,
         "nfe": generate.network_evaluations(cfg),
         "n_samples": len(images),
+        "seed": seed,
         "seconds": seconds,
         **scorer.score(images),
-        "config_hash": config_hash(cfg),
+        "config_hash": key,
     }
     if parallel.is_chief():
-        wd_lib.save_npy(workdir.ablation_row(row.name, steps, "npy"), images[:16])
+        wd_lib.save_npy(workdir.ablation_row(row.name, steps, "npy", seed), images[:16])
         wd_lib.write_json(path, result)
     log(
-        f"[ablation] {row.name:32s} NFE {result['nfe']:5d}  FID {result['fid']:8.2f}  KID {result['kid']:.4f}  "
-        f"{seconds:6.1f} s"
+        f"[ablation] {row.name:32s} seed {seed}  NFE {result['nfe']:5d}  FID {result['fid']:8.2f}  "
+        f"KID {result['kid']:.4f}  {seconds:6.1f} s"
     )
     return result
+
+
+def summarise(draws: list[dict]) -> dict:
+    """One row from its draws (one per seed): the first draw's descriptive fields, ``<metric>`` the mean,
+    ``<metric>_std`` the sample standard deviation over seeds (0 for one seed), ``<metric>_seeds`` each value,
+    for every metric of :data:`SEED_METRICS`; ``seconds`` is the total and ``seeds`` the seeds."""
+    out = {k: v for k, v in draws[0].items() if k not in (*SEED_METRICS, "kid_std", "seed", "seconds", "config_hash")}
+    for m in SEED_METRICS:
+        values = np.asarray([float(d[m]) for d in draws], np.float64)
+        out[m] = float(values.mean())
+        out[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out[f"{m}_seeds"] = [float(v) for v in values]
+    out["seeds"] = [d["seed"] for d in draws]
+    out["seconds"] = float(sum(d["seconds"] for d in draws))
+    return out
+
+
+def sample_row(config, workdir: Workdir, row: Row, n_steps: int | None, scorer: Scorer, log=print) -> dict:
+    """``row`` at ``n_steps`` levels, drawn once per seed of ``config.ablation.seeds``: :func:`summarise` of the draws."""
+    return summarise([sample_draw(config, workdir, row, n_steps, s, scorer, log) for s in config.ablation.seeds])
 
 
 def run(config, workdir: str | Workdir, log=print) -> dict:

@@ -10,32 +10,21 @@ import numpy as np
 from dale_langevin.pipeline import images as images_lib, workdir as wd_lib
 from dale_langevin.pipeline.workdir import Workdir
 
-COLUMNS = (
-    "group",
-    "row",
-    "process",
-    "sampler",
-    "weighting",
-    "prior",
-    "extras",
-    "nfe",
-    "fid",
-    "kid",
-    "kid_std",
-    "class_entropy",
-    "empty_classes",
-    "nn_ratio",
-    "diverged",
-    "seconds",
-)
+_DESCRIPTION = ("group", "row", "training", "process", "sampler", "weighting", "prior", "extras", "nfe")
+_METRICS = ("fid", "kid", "class_entropy", "empty_classes", "nn_ratio", "diverged")
+# ablation.csv: each metric's mean over the sampling seeds, its standard deviation, and the seeds used.
+COLUMNS = (*_DESCRIPTION, *(c for m in _METRICS for c in (m, f"{m}_std")), "n_samples", "seeds", "seconds")
 
 
 def write_reports(config, workdir: Workdir, result: dict) -> None:
     """Writes ``ablation.csv``, ``ablation.md``, ``nfe.png`` and ``samples.png`` from :func:`~.ablations.run`'s result."""
-    wd_lib.write_csv(workdir.ablation_report("ablation.csv"), result["rows"], list(COLUMNS))
+    rows = [{**r, "seeds": " ".join(str(s) for s in r["seeds"])} for r in result["rows"]]
+    wd_lib.write_csv(workdir.ablation_report("ablation.csv"), rows, list(COLUMNS))
     wd_lib.write_text(workdir.ablation_report("ablation.md"), markdown_report(config, result))
     wd_lib.save_figure(workdir.ablation_report("nfe.png"), plot_curves(result["curves"]))
-    strips = [wd_lib.load_npy(workdir.ablation_row(r["row"], r["n_steps"], "npy")) for r in result["rows"]]
+    strips = [
+        wd_lib.load_npy(workdir.ablation_row(r["row"], r["n_steps"], "npy", r["seeds"][0])) for r in result["rows"]
+    ]
     wd_lib.save_figure(workdir.ablation_report("samples.png"), plot_samples(result["rows"], strips))
 
 
@@ -46,30 +35,40 @@ def describe_network(config) -> str:
     return f"{m.name}: {fields}; {m.parametrisation} parametrisation"
 
 
+def _spread(r: dict, metric: str, fmt: str) -> str:
+    """``mean ± std`` of a row's metric over its sampling seeds (the mean alone for one seed)."""
+    mean = format(r[metric], fmt)
+    return mean if len(r["seeds"]) < 2 else f"{mean} ± {format(r[metric + '_std'], fmt)}"
+
+
 def markdown_report(config, result: dict) -> str:
     """The markdown table of rows and trainings, with the budget they were measured at."""
     t, a = config.training, config.ablation
+    seeds = tuple(a.seeds)
     lines = [
         "# Ablation: multiplicative (GBM) against additive (VE, VP) diffusion",
         "",
         f"Dataset `{config.data.dataset}`; every model: the same network ({describe_network(config)}), "
         f"Adam lr {config.optim.lr}, batch {t.batch_size}, {t.n_iters} steps, "
-        f"EMA {config.ema.decay}. Each row: {a.n_samples} samples scored against the test split in the features "
-        f"of the offline classifier (test accuracy {result['classifier_accuracy']:.3f}); KID: "
+        f"EMA {config.ema.decay}. Each row: {len(seeds)} draw(s) of {a.n_samples} samples (sampling seeds "
+        f"{', '.join(map(str, seeds))}), each scored against the test split in the features "
+        f"of the offline classifier (test accuracy {result['classifier_accuracy']:.3f}); a cell is the mean over "
+        "the draws ± their standard deviation. KID: "
         f"{config.eval.kid_subsets} subsets. nn ratio: median distance of a sample to its nearest training image "
         "over the same for test images (well below 1 flags memorisation). diverged: samples with NaN/inf pixels, left "
         "out of the metrics. Lower FID/KID is better.",
         "",
-        "| group | row | process | sampler | weighting | prior | extras | NFE | FID | KID | class entropy | "
-        "empty classes | nn ratio | diverged | seconds |",
+        "| group | row | training | process | sampler | weighting | prior | extras | NFE | FID | KID x 1000 | "
+        "class entropy | nn ratio | diverged | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
+        kid = {**r, "kid": 1000 * r["kid"], "kid_std": 1000 * r["kid_std"]}
         lines.append(
-            f"| {r['group']} | {r['row']} | {r['process']} | {r['sampler']} | {r['weighting']} | "
-            f"{r['prior']} | {r['extras']} | {r['nfe']} | {r['fid']:.2f} | {r['kid']:.3f} ± "
-            f"{r['kid_std']:.3f} | {r['class_entropy']:.3f} | {r['empty_classes']} | {r['nn_ratio']:.2f} | "
-            f"{r['diverged']:.1%} | {r['seconds']:.0f} |"
+            f"| {r['group']} | {r['row']} | {r['training']} | {r['process']} | {r['sampler']} | {r['weighting']} | "
+            f"{r['prior']} | {r['extras']} | {r['nfe']} | {_spread(r, 'fid', '.1f')} | {_spread(kid, 'kid', '.1f')} | "
+            f"{_spread(r, 'class_entropy', '.3f')} | {_spread(r, 'nn_ratio', '.2f')} | {r['diverged']:.1%} | "
+            f"{r['seconds']:.0f} |"
         )
     lines += [
         "",
@@ -85,13 +84,13 @@ def markdown_report(config, result: dict) -> str:
         width = max(len(points) for points in result["curves"].values())
         lines += [
             "",
-            "FID against network evaluations (each cell: NFE: FID):",
+            "FID against network evaluations (each cell: NFE: FID, mean ± std over the seeds):",
             "",
             "| row | " + " | ".join(f"point {i + 1}" for i in range(width)) + " |",
             "|---|" + "---|" * width,
         ]
         for name, points in result["curves"].items():
-            cells = [f"{p['nfe']}: {p['fid']:.2f}" for p in points] + [""] * (width - len(points))
+            cells = [f"{p['nfe']}: {_spread(p, 'fid', '.1f')}" for p in points] + [""] * (width - len(points))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += ["", "![metric against NFE](nfe.png)"]
     lines += ["", f"Whole run: {result['seconds'] / 60:.1f} minutes.", "", "![samples of every row](samples.png)", ""]
@@ -108,21 +107,24 @@ def _pyplot():
 
 
 def plot_curves(curves: dict):
-    """A figure of offline FID and KID against network evaluations, one line per curve row."""
+    """A figure of offline FID and KID against network evaluations, one line per curve row; error bars: the
+    standard deviation over the sampling seeds."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for name, points in curves.items():
         nfe = [p["nfe"] for p in points]
-        axes[0].plot(nfe, [p["fid"] for p in points], "o-", label=name)
-        axes[1].errorbar(
-            nfe, [p["kid"] for p in points], yerr=[p["kid_std"] for p in points], fmt="o-", capsize=3, label=name
-        )
+        for ax, m in zip(axes, ("fid", "kid")):
+            ax.errorbar(
+                nfe, [p[m] for p in points], yerr=[p[f"{m}_std"] for p in points], fmt="o-", capsize=3, label=name
+            )
     for ax, name in zip(axes, ("offline FID", "offline KID")):
         ax.set_xscale("log")
+        if name == "offline FID":  # spans 10 to 500 across processes; KID can be negative (unbiased)
+            ax.set_yscale("log")
         ax.set_xlabel("network evaluations per sample")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -138,7 +140,7 @@ def plot_samples(rows: list[dict], strips: list[np.ndarray], n: int = 12):
         ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_ylabel(f"{r['row']}\nFID {r['fid']:.1f}", rotation=0, ha="right", va="center", fontsize=7)
+        ax.set_ylabel(f"{r['row']}\nFID {_spread(r, 'fid', '.1f')}", rotation=0, ha="right", va="center", fontsize=7)
     fig.tight_layout()
     plt.close(fig)
     return fig

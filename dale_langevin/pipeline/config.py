@@ -79,7 +79,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.host_allocator = "auto"
 
     c.process = ml_collections.ConfigDict()
-    c.process.name = "gbm"  # gbm (multiplicative) | ve | vp (additive, for ablations)
+    c.process.name = "gbm"  # gbm (multiplicative) | ve | vp | log_ve (additive, for ablations)
     for name, cls in PROCESSES.items():
         c.process[name] = _dataclass_group(cls)
 

@@ -14,7 +14,8 @@ Outside the run folders, ``--mode=eval`` caches the test split's feature statist
 and feature extractor in ``config.eval.reference_dir`` (:func:`reference_stats`).
 
 An ablation's folder (``--mode=ablate``) holds ``train/<name>/`` (one run folder per training),
-``rows/`` (cached rows), ``classifier/``, ``ablation.md``, ``ablation.csv``, ``nfe.png`` and ``samples.png``.
+``rows/`` (cached draws, one per row, levels and seed), ``classifier/``, ``ablation.md``,
+``ablation.csv``, ``nfe.png`` and ``samples.png``.
 
 Writes of whole files are atomic, so a killed process leaves the previous version or none, never
 half a file: on a local disk a temporary sibling is renamed into place; in a bucket an object
@@ -153,9 +154,10 @@ class Workdir:
     def ablation_training_summary(self, name: str) -> epath.Path:
         return self.root / "train" / name / "summary.json"
 
-    def ablation_row(self, row: str, n_steps: int, suffix: str) -> epath.Path:
-        """A row's cached result (``suffix="json"``) or first images (``"npy"``) at ``n_steps`` sampler levels."""
-        return self.root / "rows" / f"{row}_{n_steps}.{suffix}"
+    def ablation_row(self, row: str, n_steps: int, suffix: str, seed: int = 0) -> epath.Path:
+        """A row's cached draw (``suffix="json"``) or its first images (``"npy"``) at ``n_steps`` sampler
+        levels with sampling seed ``seed``."""
+        return self.root / "rows" / f"{row}_{n_steps}_s{seed}.{suffix}"
 
     def ablation_report(self, name: str) -> epath.Path:
         """``ablation.md``, ``ablation.csv``, ``nfe.png`` or ``samples.png``."""

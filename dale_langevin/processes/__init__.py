@@ -9,16 +9,16 @@ samplers that support it name it in their registration.
 from __future__ import annotations
 
 from dale_langevin.checks import check_choice
-from dale_langevin.processes.additive import VESDE, VPSDE
+from dale_langevin.processes.additive import VESDE, VPSDE, LogVESDE
 from dale_langevin.processes.base import WEIGHTINGS, AdditiveProcess, DiffusionProcess, MultiplicativeProcess, ScoreFn
 from dale_langevin.processes.gbm import GBM, fit_prior
 from dale_langevin.processes.priors import GaussianPrior, LogNormalPrior
 
-PROCESSES: dict[str, type] = {cls.name: cls for cls in (GBM, VESDE, VPSDE)}
+PROCESSES: dict[str, type] = {cls.name: cls for cls in (GBM, VESDE, VPSDE, LogVESDE)}
 
 
 def get_process(name: str, **kwargs) -> DiffusionProcess:
-    """Builds the process registered as ``name`` (``"gbm"``, ``"ve"``, ``"vp"``) with its keyword arguments."""
+    """Builds the process registered as ``name`` (``"gbm"``, ``"ve"``, ``"vp"``, ``"log_ve"``) with its keyword arguments."""
     check_choice(name, tuple(PROCESSES), "process name")
     return PROCESSES[name](**kwargs)
 
@@ -31,6 +31,7 @@ __all__ = [
     "GBM",
     "GaussianPrior",
     "LogNormalPrior",
+    "LogVESDE",
     "MultiplicativeProcess",
     "ScoreFn",
     "VESDE",

@@ -1,6 +1,7 @@
-"""Additive counterparts for ablations: the VE and VP SDEs of Song et al. (2021), data in [-1, 1].
+"""Additive counterparts for ablations: the VE and VP SDEs of Song et al. (2021), data in [-1, 1], and
+GBM written additively in log space (``log_ve``).
 
-Both have a Gaussian kernel ``x_t = a_t x0 + s_t eps`` and a linear drift ``f(x, t) = c(t) x``,
+All have a Gaussian kernel ``x_t = a_t x0 + s_t eps`` and a linear drift ``f(x, t) = c(t) x``,
 so they share one implementation; the scores here are ordinary (Stein) scores ``grad log p``.
 Shapes follow :mod:`dale_langevin.processes.base`: ``x`` is ``(B, ...)``, ``t`` is ``(B,)`` or scalar.
 """
@@ -158,3 +159,53 @@ class VPSDE(_LinearGaussianSDE):
 
     def diffusion_sq(self, t):
         return self._beta(t)
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class LogVESDE(_LinearGaussianSDE):
+    """GBM written additively: a VE SDE ``dy = sigma dW`` on ``y = log(u + data_offset)``, for ablations.
+
+    The kernel ``y_t = y0 + sigma sqrt(t) eps`` is the law of ``log X_t`` under :class:`~.gbm.GBM` with
+    the same ``sigma``, ``T``, ``data_offset`` and the published ``mu = sigma**2 / 2`` (zero log drift).
+    Its score is the Stein score in ``y``, which relates to GBM's Hyvarinen score by ``h = s_y - 1``;
+    reverse Euler-Maruyama in ``y`` is then exactly the Dale-Langevin update, and the published DSM
+    weighting ``s_t**2 = sigma**2 t`` is GBM's ``noise`` weighting ``v_t``. The network sees ``y`` itself,
+    as GBM's sees ``log x``, so the two trainings are the same function of the network.
+    """
+
+    name: ClassVar[str] = "log_ve"
+
+    sigma: float = 0.8
+    T: float = 1.0
+    data_offset: float = 1.0
+
+    def __post_init__(self):
+        _check_positive(
+            **{"LogVESDE.sigma": self.sigma, "LogVESDE.T": self.T, "LogVESDE.data_offset": self.data_offset}
+        )
+
+    def mean_coeff(self, t):
+        return jnp.ones_like(jnp.asarray(t, jnp.float32))
+
+    def noise_std(self, t):
+        return self.sigma * jnp.sqrt(jnp.asarray(t, jnp.float32))
+
+    def drift_coeff(self, t):
+        return jnp.zeros_like(jnp.asarray(t, jnp.float32))
+
+    def diffusion_sq(self, t):
+        return jnp.full_like(jnp.asarray(t, jnp.float32), self.sigma**2)
+
+    def network_input(self, x_t: jax.Array, t: jax.Array) -> jax.Array:
+        """``y_t`` unscaled (shape of ``x_t``): what GBM's network sees, ``log x_t``, at the same ``t``."""
+        del t
+        return x_t
+
+    def encode(self, u: jax.Array) -> jax.Array:
+        """Images in [0, 1] -> ``log(u + data_offset)``."""
+        return jnp.log(u + self.data_offset)
+
+    def decode(self, x: jax.Array) -> jax.Array:
+        """Samples ``y`` -> images ``exp(y) - data_offset`` in [0, 1], clamped."""
+        return jnp.clip(jnp.exp(x) - self.data_offset, 0.0, 1.0)

@@ -1,9 +1,13 @@
-"""Closed-form test bed: i.i.d. log-normal-mixture data, whose GBM marginals stay log-normal mixtures.
+"""Closed-form test beds: i.i.d. mixture data whose marginals stay mixtures of the same kind.
 
-If ``log X_0 ~ sum_k w_k N(a_k, b_k**2)`` per coordinate, then
-``log X_t ~ sum_k w_k N(a_k + int_0^t (mu - sigma**2/2), b_k**2 + v_t)``, so the exact Hyvarinen score
-is ``h(x, t) = d/dy log p_Y(y) - 1`` at ``y = log x``. Used by the tests, the demo and notebooks to
-check samplers against the truth.
+* :class:`LogNormalMixture` for GBM: if ``log X_0 ~ sum_k w_k N(a_k, b_k**2)`` per coordinate, then
+  ``log X_t ~ sum_k w_k N(a_k + int_0^t (mu - sigma**2/2), b_k**2 + v_t)``, so the exact Hyvarinen
+  score is ``h(x, t) = d/dy log p_Y(y) - 1`` at ``y = log x``.
+* :class:`GaussianMixture` for the additive processes (VE, VP, log-space VE): if
+  ``X_0 ~ sum_k w_k N(m_k, s_k**2)``, then ``X_t ~ sum_k w_k N(a_t m_k, a_t**2 s_k**2 + std_t**2)``,
+  and the exact Stein score is that mixture's ``d/dx log p``.
+
+Used by the tests, the demo and notebooks to check samplers against the truth.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dale_langevin.processes.base import AdditiveProcess
 from dale_langevin.processes.gbm import GBM
 
 
@@ -82,20 +87,87 @@ class LogNormalMixture:
         return y, logits, m, v
 
 
-def recovery_stats(x: jax.Array, mixture: LogNormalMixture) -> dict[str, np.ndarray]:
-    """Per-component weight, log-mean and log-std of samples ``x`` (any shape, i.i.d. coordinates).
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["weights", "means", "stds"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class GaussianMixture:
+    """Per-coordinate law ``X ~ sum_k weights[k] N(means[k], stds[k]**2)`` of additive-process data; fields ``(K,)``."""
 
-    Each coordinate is assigned to its most responsible component under ``mixture`` at ``t = 0``.
-    Returns numpy arrays of shape ``(K,)`` and the fraction of non-finite or non-positive values.
-    """
-    x = np.asarray(x, np.float64).ravel()
-    bad = ~np.isfinite(x) | (x <= 0)
-    y = np.log(x[~bad])
-    w, m, s = (np.asarray(a, np.float64) for a in (mixture.weights, mixture.log_means, mixture.log_stds))
+    weights: jax.Array
+    means: jax.Array
+    stds: jax.Array
+
+    @classmethod
+    def create(cls, weights, means, stds) -> GaussianMixture:
+        """Validates and converts; weights must be positive and sum to 1, stds positive."""
+        w, m, s = (jnp.asarray(a, jnp.float32) for a in (weights, means, stds))
+        if not (w.ndim == 1 and w.shape == m.shape == s.shape):
+            raise ValueError(f"weights, means, stds must share one shape (K,), got {w.shape}, {m.shape}, {s.shape}")
+        if np.any(np.asarray(w) <= 0) or abs(float(w.sum()) - 1.0) > 1e-5 or np.any(np.asarray(s) <= 0):
+            raise ValueError("weights must be > 0 and sum to 1, stds must be > 0")
+        return cls(w, m, s)
+
+    def sample(self, rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+        """Draws ``X_0`` of ``shape``; every coordinate i.i.d."""
+        k_rng, z_rng = jax.random.split(rng)
+        k = jax.random.categorical(k_rng, jnp.log(self.weights), shape=shape)
+        return self.means[k] + self.stds[k] * jax.random.normal(z_rng, shape)
+
+    def marginal(self, process: AdditiveProcess, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Component means and variances of ``X_t``; each of shape ``t.shape + (K,)``."""
+        t = jnp.asarray(t, jnp.float32)[..., None]
+        return process.push_forward_moments(self.means, self.stds**2, t)
+
+    def sample_marginal(self, rng: jax.Array, process: AdditiveProcess, t: float, shape: tuple[int, ...]) -> jax.Array:
+        """Draws ``X_t`` of ``shape`` at a scalar time ``t`` exactly (no simulation)."""
+        m, v = self.marginal(process, t)
+        return GaussianMixture(self.weights, m, jnp.sqrt(v)).sample(rng, shape)
+
+    def score(self, x: jax.Array, process: AdditiveProcess, t: jax.Array) -> jax.Array:
+        """Exact marginal Stein score ``grad_x log p_t(x)``; ``x`` ``(B, ...)``, ``t`` ``(B,)`` or scalar."""
+        t = jnp.asarray(t, jnp.float32)
+        m, v = self.marginal(process, t)
+        if t.ndim:  # (B, K) -> (B, 1, ..., 1, K)
+            m = m.reshape(m.shape[:1] + (1,) * (x.ndim - 1) + m.shape[1:])
+            v = v.reshape(m.shape)
+        y = x[..., None]
+        r = jax.nn.softmax(jnp.log(self.weights) + jax.scipy.stats.norm.logpdf(y, m, jnp.sqrt(v)), axis=-1)
+        return jnp.sum(r * (-(y - m) / v), axis=-1)
+
+    def score_fn(self, process: AdditiveProcess):
+        """The exact Stein score as a sampler-ready ``score_fn(x, t)``, ``x`` ``(B, ...)``, ``t`` ``(B,)``."""
+        return lambda x, t: self.score(x, process, t)
+
+
+def _component_stats(y: np.ndarray, w, m, s) -> dict[str, np.ndarray]:
+    """Assigns each value of ``y`` ``(N,)`` to its most responsible component; weights, means, stds ``(K,)``."""
+    w, m, s = (np.asarray(a, np.float64) for a in (w, m, s))
     logits = np.log(w) - np.log(s) - 0.5 * ((y[:, None] - m) / s) ** 2
     k = np.argmax(logits, axis=1)
     K = len(w)
     counts = np.bincount(k, minlength=K)
     means = np.array([y[k == j].mean() if counts[j] else np.nan for j in range(K)])
     stds = np.array([y[k == j].std() if counts[j] > 1 else np.nan for j in range(K)])
-    return {"weights": counts / max(len(y), 1), "log_means": means, "log_stds": stds, "bad_fraction": bad.mean()}
+    return {"weights": counts / max(len(y), 1), "means": means, "stds": stds}
+
+
+def recovery_stats(x: jax.Array, mixture: LogNormalMixture | GaussianMixture) -> dict[str, np.ndarray]:
+    """Per-component weight, mean and std of samples ``x`` (any shape, i.i.d. coordinates).
+
+    Each coordinate is assigned to its most responsible component under ``mixture`` at ``t = 0``.
+    For a :class:`LogNormalMixture` the statistics are of ``log x`` (keys ``log_means``/``log_stds``),
+    and non-positive values count as bad; for a :class:`GaussianMixture` of ``x`` (``means``/``stds``).
+    Returns numpy arrays of shape ``(K,)`` and ``bad_fraction``, the fraction of values left out.
+    """
+    x = np.asarray(x, np.float64).ravel()
+    if isinstance(mixture, GaussianMixture):
+        bad = ~np.isfinite(x)
+        stats = _component_stats(x[~bad], mixture.weights, mixture.means, mixture.stds)
+        return {**stats, "bad_fraction": bad.mean()}
+    bad = ~np.isfinite(x) | (x <= 0)
+    stats = _component_stats(np.log(x[~bad]), mixture.weights, mixture.log_means, mixture.log_stds)
+    return {
+        "weights": stats["weights"],
+        "log_means": stats["means"],
+        "log_stds": stats["stds"],
+        "bad_fraction": bad.mean(),
+    }

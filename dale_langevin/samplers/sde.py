@@ -181,7 +181,7 @@ def authors_loop_evaluations(*, n_steps: int, n_inner: int, denoise_steps: int, 
 UPDATES: dict[str, tuple[UpdateFn, tuple[str, ...]]] = {
     "dale_langevin": (dale_langevin_update, ("gbm",)),
     "sign_agnostic": (sign_agnostic_update, ("gbm",)),
-    "euler_maruyama": (euler_maruyama_update, ("ve", "vp")),
+    "euler_maruyama": (euler_maruyama_update, ("ve", "vp", "log_ve")),
 }
 for _name, (_update, _processes) in UPDATES.items():
     registry.register(
