@@ -2,6 +2,7 @@
 
 import csv
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -112,7 +113,13 @@ def test_cache_keys_follow_what_determines_a_model_and_a_draw():
     gbm = ablations.training_config(c, "gbm")
     key = ablations.training_hash(gbm)
     # Sampling, evaluation and the grid itself do not change a trained model.
-    for path, value in (("sampling.dale_langevin.n_steps", 7), ("eval.kid_subsets", 3), ("ablation.n_samples", 9)):
+    for path, value in (
+        ("sampling.dale_langevin.n_steps", 7),
+        ("eval.kid_subsets", 3),
+        ("ablation.n_samples", 9),
+        ("process.ve.sigma_max", 3.0),  # another process's group
+        ("model.ncsnpp.nf", 8),  # another network's group
+    ):
         other = gbm.copy_and_resolve_references()
         other.update_from_flattened_dict({path: value})
         assert ablations.training_hash(other) == key, path
@@ -122,6 +129,11 @@ def test_cache_keys_follow_what_determines_a_model_and_a_draw():
         assert ablations.training_hash(other) != key, path
     row = ablations.row_config(c, ablations.grid(c)[0])
     assert ablations.draw_hash(row, 200, 0) != ablations.draw_hash(row, 200, 1) != ablations.draw_hash(row, 100, 1)
+    other = row.copy_and_resolve_references()
+    other.update_from_flattened_dict({"sampling.ode.solver": "euler"})  # a sampler the row does not use
+    assert ablations.draw_hash(other, 200, 0) == ablations.draw_hash(row, 200, 0)
+    other.update_from_flattened_dict({"sampling.dale_langevin.denoise_steps": 3})
+    assert ablations.draw_hash(other, 200, 0) != ablations.draw_hash(row, 200, 0)
     assert ablations.draw_hash(row, 200, 0) != ablations.draw_hash(
         ablations.row_config(c, ablations.grid(c)[1]), 200, 0
     )
@@ -226,7 +238,10 @@ def test_micro_run_writes_a_table_with_every_row(tmp_path):
     assert [p["nfe"] for p in result["curves"]["ve_euler_maruyama"]] == [2 + 1, 3 + 1]
     for png in ("nfe.png", "samples.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # A second call, through main's --mode=ablate, finds every training and row cached: same numbers, no new work.
+    # A second call, through main's --mode=ablate, finds every training and draw cached: same numbers, no new
+    # work, and no checkpoint read (they are deleted: the records are all a resumed grid needs of a model).
+    for name in ablations.trainings(c):
+        shutil.rmtree(tmp_path / "train" / name / "checkpoints")
     again = main.run(c, str(tmp_path), "ablate")
     np.testing.assert_array_equal([r["fid"] for r in again["rows"]], [r["fid"] for r in result["rows"]])
     assert sum("training" in line for line in logs) == len(ablations.trainings(c))

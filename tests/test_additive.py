@@ -228,3 +228,16 @@ def test_terminal_snr_of_each_process_is_its_formula():
     np.testing.assert_allclose(snr.terminal_snr(GBM(sigma=0.5), u), var_y / 0.25, rtol=1e-5)
     with pytest.raises(ValueError, match="terminal SNR"):
         snr.matched_ve_sigma_max(jnp.zeros((10, 3)), GBM())
+
+
+@pytest.mark.parametrize("sde", ADDITIVE, ids=IDS)
+def test_kernel_solves_the_sdes_moment_equations(sde):
+    # For dx = c(t) x dt + g(t) dW the kernel N(a_t x0, std_t^2) has a' = c a and (std^2)' = 2 c std^2 + g^2.
+    t = jnp.linspace(0.02, sde.T, 25)
+    da = jax.vmap(jax.grad(lambda t: sde.mean_coeff(t)))(t)
+    dvar = jax.vmap(jax.grad(lambda t: sde.noise_std(t) ** 2))(t)
+    np.testing.assert_allclose(da, sde.drift_coeff(t) * sde.mean_coeff(t), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        dvar, 2 * sde.drift_coeff(t) * sde.noise_std(t) ** 2 + sde.diffusion_sq(t), rtol=1e-3, atol=1e-5
+    )
+    np.testing.assert_allclose((sde.mean_coeff(0.0), sde.noise_std(0.0)), (1.0, 0.0), atol=1e-6)

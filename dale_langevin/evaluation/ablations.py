@@ -28,6 +28,7 @@ import numpy as np
 from dale_langevin import samplers
 from dale_langevin.evaluation import report
 from dale_langevin.evaluation.evaluate import Scorer
+from dale_langevin.nets import NETWORKS
 from dale_langevin.pipeline import (
     config as config_lib,
     generate,
@@ -37,6 +38,7 @@ from dale_langevin.pipeline import (
     workdir as wd_lib,
 )
 from dale_langevin.pipeline.workdir import Workdir
+from dale_langevin.processes import PROCESSES
 from dale_langevin.samplers import published
 
 ABLATION_FIELDS = ("n_steps", "rows", "curves", "nfe_steps", "n_samples", "seeds", "trainings", "grid")
@@ -94,10 +96,23 @@ def _override(config, overrides):
     return c
 
 
+def _selected(config) -> dict:
+    """``config`` as a dict without the groups of the processes, networks and samplers it does not select."""
+    d = config.to_dict()
+    for block, key, registered in (
+        ("process", "name", PROCESSES),
+        ("model", "name", NETWORKS),
+        ("sampling", "method", samplers.names()),
+    ):
+        if block in d:
+            d[block] = {k: v for k, v in d[block].items() if k not in registered or k == d[block][key]}
+    return d
+
+
 def config_hash(config, drop: tuple[str, ...] = (), **extra) -> str:
-    """A digest of ``config`` without its top-level blocks ``drop``, plus ``extra``: a cached training or draw
-    is reused only for the settings that made it."""
-    fields = {k: v for k, v in config.to_dict().items() if k not in drop}
+    """A digest of ``config`` (its selected process, network and sampler groups) without its top-level blocks
+    ``drop``, plus ``extra``: a cached training or draw is reused only for the settings that made it."""
+    fields = {k: v for k, v in _selected(config).items() if k not in drop}
     text = json.dumps({**fields, **extra}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -222,36 +237,33 @@ def validate(config) -> list[Row]:
     return rows
 
 
-def train_models(config, workdir: Workdir, rows: list[Row], log=print) -> dict:
-    """Trains (or finds finished) every model ``rows`` need; returns ``{training: summary}``."""
+def train_model(config, workdir: Workdir, name: str, position: str = "", log=print) -> dict:
+    """Trains ``name`` of ``config.ablation.trainings`` (or finds it finished, or resumes it); returns its summary."""
     known = trainings(config)
-    summaries = {}
-    names = list(dict.fromkeys(r.training for r in rows))
-    for i, name in enumerate(names):
-        path = workdir.ablation_training_summary(name)
-        cfg = training_config(config, name)
-        summary = wd_lib.read_json(path)
-        if summary is not None and summary.get("config_hash") != training_hash(cfg):
-            log(f"[ablation] training {name}: its config changed since it was trained; training again (resumes)")
-            summary = None
-        if summary is None:
-            log(f"[ablation] training {i + 1}/{len(names)}: {name} ({known[name].description})")
-            t0 = time.perf_counter()
-            last = train.train_and_evaluate(cfg, workdir.ablation_training(name))
-            summary = {
-                "training": name,
-                "description": known[name].description,
-                "steps": cfg.training.n_iters,
-                "batch_size": cfg.training.batch_size,
-                "seconds": time.perf_counter() - t0,
-                "final_loss": last.get("loss"),
-                "images_per_sec": last.get("images_per_sec"),
-                "config_hash": training_hash(cfg),
-            }
-            if parallel.is_chief():
-                wd_lib.write_json(path, summary)
-        summaries[name] = summary
-    return summaries
+    path = workdir.ablation_training_summary(name)
+    cfg = training_config(config, name)
+    summary = wd_lib.read_json(path)
+    if summary is not None and summary.get("config_hash") != training_hash(cfg):
+        log(f"[ablation] training {name}: its config changed since it was trained; training again (resumes)")
+        summary = None
+    if summary is not None:
+        return summary
+    log(f"[ablation] training {position}{name} ({known[name].description})")
+    t0 = time.perf_counter()
+    last = train.train_and_evaluate(cfg, workdir.ablation_training(name))
+    summary = {
+        "training": name,
+        "description": known[name].description,
+        "steps": cfg.training.n_iters,
+        "batch_size": cfg.training.batch_size,
+        "seconds": time.perf_counter() - t0,
+        "final_loss": last.get("loss"),
+        "images_per_sec": last.get("images_per_sec"),
+        "config_hash": training_hash(cfg),
+    }
+    if parallel.is_chief():
+        wd_lib.write_json(path, summary)
+    return summary
 
 
 def sample_draw(config, workdir: Workdir, row: Row, n_steps: int | None, seed: int, scorer: Scorer, log=print) -> dict:
@@ -320,27 +332,39 @@ def sample_row(config, workdir: Workdir, row: Row, n_steps: int | None, scorer: 
 
 
 def run(config, workdir: str | Workdir, log=print) -> dict:
-    """Runs the whole ablation grid in ``workdir``; returns ``{"trainings", "rows", "curves", ...}`` and writes the files."""
+    """Runs the whole ablation grid in ``workdir``; returns ``{"trainings", "rows", "curves", ...}`` and writes the files.
+
+    Goes training by training: each model is trained, then every draw of its rows (main levels and
+    curve points, every seed) is made, so a run stopped part way keeps finished models' draws, whose
+    cached records are all a resumed run needs of them (their checkpoints are no longer read).
+    """
     rows = validate(config)
     wd = Workdir.of(workdir)
     wd.makedirs()
     a = config.ablation
     t_start = time.perf_counter()
-    trained = train_models(config, wd, rows, log)
     scorer = Scorer(config, wd, log)
     log(f"[ablation] feature classifier test accuracy {scorer.accuracy:.3f}")
-    main = [sample_row(config, wd, r, None, scorer, log) for r in rows]
-    curves = {}
-    for r in select_rows(config, a.curves) if a.curves else []:
-        points = [sample_row(config, wd, r, n, scorer, log) for n in a.nfe_steps]
-        points += [m for m in main if m["row"] == r.name]
-        curves[r.name] = sorted({p["nfe"]: p for p in points}.values(), key=lambda p: p["nfe"])
+    curve_rows = {r.name for r in select_rows(config, a.curves)} if a.curves else set()
+    names = list(dict.fromkeys(r.training for r in rows))
+    trained, main, curves = {}, {}, {}
+    for i, name in enumerate(names):
+        trained[name] = train_model(config, wd, name, f"{i + 1}/{len(names)}: ", log)
+        for r in (r for r in rows if r.training == name):
+            main[r.name] = sample_row(config, wd, r, None, scorer, log)
+            if r.name in curve_rows:
+                points = [sample_row(config, wd, r, n, scorer, log) for n in a.nfe_steps] + [main[r.name]]
+                curves[r.name] = sorted({p["nfe"]: p for p in points}.values(), key=lambda p: p["nfe"])
+    draws = {(p["row"], p["n_steps"]): p["seconds"] for p in [*main.values(), *(q for c in curves.values() for q in c)]}
     result = {
         "trainings": trained,
-        "rows": main,
-        "curves": curves,
+        "rows": [main[r.name] for r in rows],
+        "curves": {r.name: curves[r.name] for r in rows if r.name in curves},
         "classifier_accuracy": scorer.accuracy,
         "seconds": time.perf_counter() - t_start,
+        # What the whole grid cost, over every invocation that made part of it (cached parts count too).
+        "training_seconds": float(sum(t["seconds"] for t in trained.values())),
+        "draw_seconds": float(sum(draws.values())),
     }
     if parallel.is_chief():
         report.write_reports(config, wd, result)

@@ -58,15 +58,14 @@ def markdown_report(config, result: dict) -> str:
         "over the same for test images (well below 1 flags memorisation). diverged: samples with NaN/inf pixels, left "
         "out of the metrics. Lower FID/KID is better.",
         "",
-        "| group | row | training | process | sampler | weighting | prior | extras | NFE | FID | KID x 1000 | "
+        "| group | row | training | process | sampler | weighting | prior | extras | NFE | FID | KID | "
         "class entropy | nn ratio | diverged | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        kid = {**r, "kid": 1000 * r["kid"], "kid_std": 1000 * r["kid_std"]}
         lines.append(
             f"| {r['group']} | {r['row']} | {r['training']} | {r['process']} | {r['sampler']} | {r['weighting']} | "
-            f"{r['prior']} | {r['extras']} | {r['nfe']} | {_spread(r, 'fid', '.1f')} | {_spread(kid, 'kid', '.1f')} | "
+            f"{r['prior']} | {r['extras']} | {r['nfe']} | {_spread(r, 'fid', '.1f')} | {_spread(r, 'kid', '.2f')} | "
             f"{_spread(r, 'class_entropy', '.3f')} | {_spread(r, 'nn_ratio', '.2f')} | {r['diverged']:.1%} | "
             f"{r['seconds']:.0f} |"
         )
@@ -93,7 +92,14 @@ def markdown_report(config, result: dict) -> str:
             cells = [f"{p['nfe']}: {_spread(p, 'fid', '.1f')}" for p in points] + [""] * (width - len(points))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += ["", "![metric against NFE](nfe.png)"]
-    lines += ["", f"Whole run: {result['seconds'] / 60:.1f} minutes.", "", "![samples of every row](samples.png)", ""]
+    lines += [
+        "",
+        f"Compute: {result['training_seconds'] / 60:.1f} minutes of training and {result['draw_seconds'] / 60:.1f} of "
+        f"sampling and scoring, summed over the invocations that made the grid (this one: {result['seconds'] / 60:.1f}).",
+        "",
+        "![samples of every row](samples.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
