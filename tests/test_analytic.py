@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dale_langevin import GBM, VESDE, VPSDE, LogNormalMixture, get_process, recovery_stats
+from dale_langevin import GBM, VESDE, VPSDE, LogNormalMixture, LogVESDE, get_process, recovery_stats
 
 
 @pytest.mark.parametrize("sde", [GBM(), GBM(sigma=0.3, mu=0.2, schedule="linear", sigma_end=1.1)])
@@ -53,7 +53,8 @@ def test_mixture_validation():
 
 
 @pytest.mark.parametrize(
-    "name, cls, kwargs", [("gbm", GBM, dict(sigma=0.5)), ("ve", VESDE, {}), ("vp", VPSDE, dict(beta_max=10.0))]
+    "name, cls, kwargs",
+    [("gbm", GBM, dict(sigma=0.5)), ("ve", VESDE, {}), ("vp", VPSDE, dict(beta_max=10.0)), ("log_ve", LogVESDE, {})],
 )
 def test_get_process(name, cls, kwargs):
     process = get_process(name, **kwargs)

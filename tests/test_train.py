@@ -154,6 +154,12 @@ def test_additive_config_validates():
     config_lib.validate(tiny_config(**{"process.name": "vp", "sampling.method": "euler_maruyama"}))
     with pytest.raises(ValueError, match=r"config\.sampling\.method"):  # the ODE sampler is GBM's
         config_lib.validate(tiny_config(**{"process.name": "vp", "sampling.method": "ode"}))
+    log_ve = {"process.name": "log_ve", "sampling.method": "euler_maruyama"}
+    config_lib.validate(tiny_config(**log_ve))
+    with pytest.raises(ValueError, match=r"config\.process\.log_ve\.sigma"):
+        config_lib.make_process(tiny_config(**log_ve, **{"process.log_ve.sigma": -1.0}))
+    with pytest.raises(ValueError, match=r"config\.sampling\.method"):  # Dale-Langevin is GBM's, even in log space
+        config_lib.validate(tiny_config(**{**log_ve, "sampling.method": "dale_langevin"}))
 
 
 def test_learning_rate_warmup_starts_above_zero():
