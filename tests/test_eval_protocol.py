@@ -363,6 +363,15 @@ def test_the_likelihood_prior_is_the_start_law(start, prior, note):
     np.testing.assert_allclose(got.loc, stats[f"{key}_loc"], rtol=1e-6)
     np.testing.assert_allclose(got.scale, stats[f"{key}_scale"], rtol=1e-6)
     assert name == prior and (why is not None) == note and (not note or "per-pixel" in why)
+    # The sampler draws its start from the same law (one mapping of starts to fits, in generate).
+    if not note:
+        x_T, _ = generate.initial_state(
+            jax.random.key(0), SDE, {**stats, "class_means": np.ones((3, 2, 2, 1))}, start, 4
+        )
+        np.testing.assert_allclose(x_T, got.sample(jax.random.key(0), (4, 2, 2, 1)), rtol=1e-6)
+    else:
+        with pytest.raises(ValueError, match="no fitted prior"):
+            generate.start_prior(SDE, stats, start)
 
 
 # -- network evaluations --------------------------------------------------------------------------

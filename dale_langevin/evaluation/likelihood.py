@@ -42,30 +42,18 @@ from dale_langevin.samplers import ode
 
 PIXEL_LEVELS = 256  # 8-bit data: u = (pixel + U[0, 1)) / 256
 DEQUANTISATION = "u = (pixel + U[0,1)) / 256, x = process.encode(u)"
-# The start law of config.sampling.start -> the fit in generate.start_stats used as the prior at T.
-PRIOR_OF_START = {
-    "per_pixel": "pixel",
-    "per_channel": "channel",
-    "scalar": "scalar",
-    "published": "published",
-    "class_average": "pixel",
-    "class_average_authors": "pixel",
-}
-
-
 def prior_for(process, stats: dict, start: str) -> tuple[object, str, str | None]:
     """The prior at ``T`` for the likelihood: ``(prior, its name, a note or None)``.
 
-    The law the sampler starts from (``config.sampling.start``); a class-average start is a mixture
-    over classes without a fitted density here, so the per-pixel fit stands in for it (the note says so).
+    The law the sampler starts from (``config.sampling.start``, :func:`generate.start_prior`); a
+    class-average start is a mixture over classes without a fitted density here, so the per-pixel fit
+    stands in for it (the note says so).
     """
-    key = PRIOR_OF_START[start]
-    prior = process.prior_type(jnp.asarray(stats[f"{key}_loc"]), jnp.asarray(stats[f"{key}_scale"]))
-    name = {"pixel": "per_pixel", "channel": "per_channel"}.get(key, key)
-    note = None
+    name, note = start, None
     if start.startswith("class_average"):
+        name = "per_pixel"
         note = f"sampling.start={start!r} has no closed-form prior here: the per-pixel log-normal fit is used"
-    return prior, name, note
+    return generate.start_prior(process, stats, name), name, note
 
 
 def t_min_for(config, process) -> float:

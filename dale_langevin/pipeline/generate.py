@@ -110,9 +110,20 @@ def initial_state(rng: jax.Array, process, stats: dict, start: str, n: int) -> t
             loc, scale = jnp.asarray(stats["published_loc"]), jnp.asarray(stats["published_scale"])
             return published.authors_push_forward(rng, x0, loc, scale, process.T), labels
         return process.perturb(rng, x0, jnp.full((n,), process.T)), labels
-    key = {"per_pixel": "pixel", "per_channel": "channel", "scalar": "scalar", "published": "published"}[start]
-    prior = process.prior_type(jnp.asarray(stats[f"{key}_loc"]), jnp.asarray(stats[f"{key}_scale"]))
-    return prior.sample(rng, shape), np.full((n,), -1)
+    return start_prior(process, stats, start).sample(rng, shape), np.full((n,), -1)
+
+
+# The fit of start_stats that each prior start draws from (the class-average starts push images instead).
+PRIOR_STATS = {"per_pixel": "pixel", "per_channel": "channel", "scalar": "scalar", "published": "published"}
+
+
+def start_prior(process, stats: dict, start: str):
+    """The law at ``T`` a prior start (a key of :data:`PRIOR_STATS`) draws from: ``process.prior_type(loc, scale)``
+    of its fit in ``stats`` (:func:`start_stats`); ``loc``/``scale`` ``(H, W, C)``, ``(C,)`` or ``()``."""
+    if start not in PRIOR_STATS:
+        raise ValueError(f"sampling.start={start!r} has no fitted prior; the prior starts are {tuple(PRIOR_STATS)}")
+    key = PRIOR_STATS[start]
+    return process.prior_type(jnp.asarray(stats[f"{key}_loc"]), jnp.asarray(stats[f"{key}_scale"]))
 
 
 @functools.lru_cache(maxsize=32)
