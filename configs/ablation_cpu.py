@@ -17,8 +17,10 @@ The rows that separate the causes:
   per-pixel prior fit GBM gets, and from an isotropic one.
 * ``log_ve_euler_maruyama``: GBM written additively (:class:`~dale_langevin.processes.LogVESDE`),
   sampled by Euler-Maruyama in log space. Its DSM loss with its published weighting is GBM's
-  ``noise``-weighted M-DSM to the last float (``tests/test_log_ve.py``), so it samples the
+  ``noise``-weighted M-DSM up to float rounding (``tests/test_additive.py``), so it samples the
   ``gbm_noise`` network; it should agree with ``weighting_noise`` (Dale-Langevin on that network).
+  ``config.ablation`` validation refuses a ``process.log_ve`` that is not ``process.gbm`` written
+  additively.
 * ``vp_*``: VP from the per-pixel prior fit and from an isotropic one.
 
 The grid is data: ``ablation.trainings`` (what each model changes in this config) and
@@ -26,7 +28,6 @@ The grid is data: ``ablation.trainings`` (what each model changes in this config
 ``dale_langevin.evaluation.ablations.Row`` for the fields).
 """
 
-import functools
 import os
 
 from ml_collections import ConfigDict
@@ -52,19 +53,20 @@ def _extras_off(method):
     return tuple((f"sampling.{method}.{k}", v) for k, v in EXTRAS_OFF)
 
 
-@functools.lru_cache(maxsize=1)
-def matched_sigma_max() -> float:
-    """VE's sigma_max at GBM's terminal SNR on the embedded training digits (2.25 for sigma 0.8, T 1)."""
+def matched_sigma_max(gbm_fields) -> float:
+    """VE's sigma_max at the terminal SNR of GBM(**gbm_fields) on the embedded training digits (2.25 for the
+    published sigma 0.8, T 1)."""
     from dale_langevin.pipeline import data  # the embedded digits: numpy only, no TensorFlow
     from dale_langevin.processes import GBM
     from dale_langevin.processes.snr import matched_ve_sigma_max
 
     pixels, _ = data.load_arrays("embedded_mnist", "train")
-    return round(matched_ve_sigma_max(pixels / 255.0, GBM()), 4)
+    return round(matched_ve_sigma_max(pixels / 255.0, GBM(**gbm_fields)), 4)
 
 
-def trainings():
-    """name, description, overrides of the base config: the process, the weighting or the parametrisation."""
+def trainings(ve_sigma_max: float):
+    """name, description, overrides of the base config: the process, the weighting or the parametrisation;
+    ``ve_sigma_max`` is the matched-SNR VE's."""
     em = ("sampling.method", "euler_maruyama")
     return (
         dict(name="gbm", description="GBM, M-DSM, published weighting v_t^2", overrides=()),
@@ -90,8 +92,8 @@ def trainings():
         ),
         dict(
             name="ve_snr",
-            description=f"VE sigma_max {matched_sigma_max()} (GBM's terminal SNR), DSM, weighting s_t^2",
-            overrides=(("process.name", "ve"), ("process.ve.sigma_max", matched_sigma_max()), em),
+            description=f"VE sigma_max {ve_sigma_max} (GBM's terminal SNR), DSM, weighting s_t^2",
+            overrides=(("process.name", "ve"), ("process.ve.sigma_max", ve_sigma_max), em),
         ),
         dict(
             name="vp",
@@ -167,6 +169,6 @@ def get_config():
     c.ablation.nfe_steps = (10, 30)  # extra sampler levels for the curves (besides ablation.n_steps)
     c.ablation.n_samples = 200
     c.ablation.seeds = (0, 1, 2)  # sampling seeds: every row and curve point is drawn once per seed
-    c.ablation.trainings = trainings()
+    c.ablation.trainings = trainings(matched_sigma_max(c.process.gbm.to_dict()))
     c.ablation.grid = grid()
     return c

@@ -1,7 +1,6 @@
 """Ablation runner: the grid as config data, row and training configs, published-extras rescaling, a micro run."""
 
 import csv
-import math
 import shutil
 
 import numpy as np
@@ -9,10 +8,9 @@ import pytest
 from test_train import load_config
 
 from dale_langevin import GBM
-from dale_langevin.evaluation import ablations
+from dale_langevin.evaluation import ablations, report
 from dale_langevin.pipeline import config as config_lib, data, generate
 from dale_langevin.processes import snr
-from dale_langevin.samplers import published
 
 SDE_SAMPLERS = ("dale_langevin", "sign_agnostic", "euler_maruyama")
 
@@ -92,69 +90,110 @@ def test_the_full_size_ablation_shares_the_grid():
 
 
 def test_draws_summarise_to_mean_and_spread_over_seeds():
-    draws = [
-        {"row": "r", "process": "gbm", "seed": s, "seconds": 2.0, "config_hash": "h", "kid_std": 9.0, **m}
-        for s, m in enumerate(
-            dict(fid=f, kid=k, class_entropy=0.9, empty_classes=e, nn_ratio=1.0, diverged=0.0)
-            for f, k, e in ((10.0, 0.01, 0), (14.0, 0.03, 1), (12.0, 0.02, 2))
-        )
-    ]
+    def draw(seed, fid, kid, empty, kid_std=0.5):
+        metrics = dict(fid=fid, kid=kid, class_entropy=0.9, empty_classes=empty, nn_ratio=1.0, diverged=0.0)
+        return {"row": "r", "seed": seed, "seconds": 2.0, "config_hash": "h", "kid_std": kid_std, **metrics}
+
+    draws = [draw(0, 10.0, 0.01, 0), draw(1, 14.0, 0.03, 1, 1.5), draw(2, 12.0, 0.02, 2)]
     row = ablations.summarise(draws)
     assert row["fid"] == 12.0 and row["fid_std"] == 2.0 and row["fid_seeds"] == [10.0, 14.0, 12.0]
-    np.testing.assert_allclose((row["kid"], row["kid_std"]), (0.02, 0.01))
-    assert row["empty_classes"] == 1.0 and row["class_entropy_std"] == 0.0
+    np.testing.assert_allclose((row["kid"], row["kid_std"], row["kid_subset_std"]), (0.02, 0.01, 2.5 / 3))
+    assert row["empty_classes"] == 1.0 and row["class_entropy_std"] == 0.0 and row["failed_draws"] == 0
     assert row["seeds"] == [0, 1, 2] and row["seconds"] == 6.0 and row["row"] == "r"
     assert "config_hash" not in row and "seed" not in row
-    assert ablations.summarise(draws[:1])["fid_std"] == 0.0
+    assert np.isnan(ablations.summarise(draws[:1])["fid_std"])  # one draw: no spread, not a spread of 0
+    # A draw with no finite sample is left out of the means and counted; its divergence still counts.
+    failed = {**draw(3, float("nan"), float("nan"), 10), "diverged": 1.0}
+    row = ablations.summarise([*draws[:2], failed])
+    assert row["fid"] == 12.0 and row["failed_draws"] == 1 and np.isnan(row["fid_seeds"][2])
+    np.testing.assert_allclose(row["diverged"], 1 / 3)
+    assert np.isnan(ablations.summarise([failed])["fid"])
+    md = report.markdown_report(load_config("ablation_cpu"), _result([ablations.summarise(draws[:1])]))
+    assert "| 10.0 |" in md and "±" not in md.split("Trainings:")[0].split("| group |")[1]
+
+
+def _result(rows):
+    row = {**rows[0], "group": "g", "training": "t", "process": "gbm", "sampler": "s", "weighting": "w"}
+    row |= {"prior": "p", "extras": "e", "nfe": 1}
+    trained = {"t": {"training": "t", "description": "d", "steps": 1, "seconds": 1.0, "final_loss": 1.0}}
+    return {"rows": [row], "trainings": trained, "curves": {}, "classifier_accuracy": 0.9, "seconds": 60.0} | {
+        "training_seconds": 60.0,
+        "draw_seconds": 6.0,
+    }
 
 
 def test_cache_keys_follow_what_determines_a_model_and_a_draw():
     c = load_config("ablation_cpu")
     gbm = ablations.training_config(c, "gbm")
     key = ablations.training_hash(gbm)
-    # Sampling, evaluation and the grid itself do not change a trained model.
+
+    def changed(config, path, value):
+        other = config.copy_and_resolve_references()
+        other.update_from_flattened_dict({path: value})
+        return other
+
+    # Neither sampling, evaluation, the grid, other processes' or networks' groups, intervals nor the machine
+    # change a trained model.
     for path, value in (
         ("sampling.dale_langevin.n_steps", 7),
         ("eval.kid_subsets", 3),
         ("ablation.n_samples", 9),
-        ("process.ve.sigma_max", 3.0),  # another process's group
-        ("model.ncsnpp.nf", 8),  # another network's group
+        ("process.ve.sigma_max", 3.0),
+        ("model.ncsnpp.nf", 8),
+        ("training.log_every", 7),
+        ("training.ckpt_every", 7),
+        ("host_device_count", 3),
     ):
-        other = gbm.copy_and_resolve_references()
-        other.update_from_flattened_dict({path: value})
-        assert ablations.training_hash(other) == key, path
-    for path, value in (("training.n_iters", 7), ("model.unet.channels", 8), ("seed", 3), ("process.gbm.sigma", 0.5)):
-        other = gbm.copy_and_resolve_references()
-        other.update_from_flattened_dict({path: value})
-        assert ablations.training_hash(other) != key, path
-    row = ablations.row_config(c, ablations.grid(c)[0])
-    assert ablations.draw_hash(row, 200, 0) != ablations.draw_hash(row, 200, 1) != ablations.draw_hash(row, 100, 1)
-    other = row.copy_and_resolve_references()
-    other.update_from_flattened_dict({"sampling.ode.solver": "euler"})  # a sampler the row does not use
-    assert ablations.draw_hash(other, 200, 0) == ablations.draw_hash(row, 200, 0)
-    other.update_from_flattened_dict({"sampling.dale_langevin.denoise_steps": 3})
-    assert ablations.draw_hash(other, 200, 0) != ablations.draw_hash(row, 200, 0)
-    assert ablations.draw_hash(row, 200, 0) != ablations.draw_hash(
-        ablations.row_config(c, ablations.grid(c)[1]), 200, 0
-    )
+        assert ablations.training_hash(changed(gbm, path, value)) == key, path
+    for path, value in (
+        ("training.n_iters", 7),
+        ("model.unet.channels", 8),
+        ("seed", 3),
+        ("process.gbm.sigma", 0.5),
+        ("optim.lr", 0.1),
+        ("training.weighting", "noise"),
+    ):
+        assert ablations.training_hash(changed(gbm, path, value)) != key, path
+    rows = ablations.grid(c)
+    row = ablations.row_config(c, rows[0])
+    draw = ablations.draw_hash(row, key, 200, 0)
+    assert len({draw, ablations.draw_hash(row, key, 200, 1), ablations.draw_hash(row, key, 100, 0)}) == 3
+    assert ablations.draw_hash(changed(row, "sampling.ode.solver", "euler"), key, 200, 0) == draw  # not its sampler
+    assert ablations.draw_hash(changed(row, "sampling.dale_langevin.denoise_steps", 3), key, 200, 0) != draw
+    assert ablations.draw_hash(changed(row, "eval.kid_subsets", 3), key, 200, 0) != draw
+    # The log-space VE row reads the gbm_noise network: a change to that training changes its draws' key.
+    lve = next(r for r in rows if r.name == "log_ve_euler_maruyama")
+    noise = ablations.training_config(c, "gbm_noise")
+    keys = [ablations.training_hash(t) for t in (noise, changed(noise, "process.gbm.data_offset", 2.0))]
+    assert keys[0] != keys[1]
+    lve_config = ablations.row_config(c, lve)
+    assert ablations.draw_hash(lve_config, keys[0], 200, 0) != ablations.draw_hash(lve_config, keys[1], 200, 0)
 
 
-def test_published_extras_keep_total_annealing_and_step_ratio():
-    for method, (delta, n_inner, decay) in published.PUBLISHED["fashion_mnist"].items():
-        assert published.settings("fashion_mnist", method) == {
-            "step_size": delta,
-            "n_inner": n_inner,
-            "noise_decay": decay,
-        }
-        e = published.settings("fashion_mnist", method, 100)
-        assert math.isclose(e["noise_decay"] ** 100, decay**1000, rel_tol=1e-9)
-        assert math.isclose(e["step_size"] * 100, delta * 1000, rel_tol=1e-12)
+def test_log_ve_rows_must_sample_gbm_written_additively():
     c = load_config("ablation_cpu")
-    row = next(r for r in ablations.grid(c) if r.name == "extras_published_dale_langevin")
-    s = ablations.row_config(c, row, n_steps=50).sampling.dale_langevin
-    assert s.n_steps == 50 and math.isclose(s.noise_decay, 0.995**20) and math.isclose(s.step_size, 5.86e-4 * 20)
-    with pytest.raises(ValueError, match="published settings dataset"):
-        published.settings("imagenet", "dale_langevin")
+    trained = ablations.training_config(c, "gbm_noise")
+    sampled = ablations.row_config(c, next(r for r in ablations.grid(c) if r.name == "log_ve_euler_maruyama"))
+    ablations.check_process_change(trained, sampled)
+
+    def changed(config, **fields):
+        other = config.copy_and_resolve_references()
+        other.update_from_flattened_dict(fields)
+        return other
+
+    bad = [
+        (trained, changed(sampled, **{"process.log_ve.sigma": 0.5}), "written additively"),
+        (changed(trained, **{"process.gbm.data_offset": 2.0}), sampled, "written additively"),
+        (changed(trained, **{"process.gbm.mu": 0.1}), sampled, "mu=None"),
+        (trained, changed(sampled, **{"model.parametrisation": "score"}), "log_noise"),
+        (trained, changed(sampled, **{"process.name": "ve"}), "cannot be sampled as 've'"),
+    ]
+    for before, after, message in bad:
+        with pytest.raises(ValueError, match=message):
+            ablations.check_process_change(before, after)
+    c.update_from_flattened_dict({"process.log_ve.sigma": 0.5})
+    with pytest.raises(ValueError, match="log_ve_euler_maruyama.*written additively"):
+        ablations.validate(c)
 
 
 @pytest.mark.parametrize(

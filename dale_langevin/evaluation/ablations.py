@@ -38,16 +38,11 @@ from dale_langevin.pipeline import (
     workdir as wd_lib,
 )
 from dale_langevin.pipeline.workdir import Workdir
-from dale_langevin.processes import PROCESSES
+from dale_langevin.processes import PROCESSES, LogVESDE
 from dale_langevin.samplers import published
 
 ABLATION_FIELDS = ("n_steps", "rows", "curves", "nfe_steps", "n_samples", "seeds", "trainings", "grid")
-
-# The per-draw metrics a row reports as mean and spread over its sampling seeds.
-SEED_METRICS = ("fid", "kid", "class_entropy", "empty_classes", "nn_ratio", "diverged")
-
-# Config blocks that cannot change a trained model: a training's cache key leaves them out.
-NOT_TRAINING = ("ablation", "sampling", "eval")
+SEED_METRICS = report.SEED_METRICS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,22 +104,35 @@ def _selected(config) -> dict:
     return d
 
 
-def config_hash(config, drop: tuple[str, ...] = (), **extra) -> str:
-    """A digest of ``config`` (its selected process, network and sampler groups) without its top-level blocks
-    ``drop``, plus ``extra``: a cached training or draw is reused only for the settings that made it."""
-    fields = {k: v for k, v in _selected(config).items() if k not in drop}
-    text = json.dumps({**fields, **extra}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _pick(d: dict, path: str):
+    """The value at the dotted ``path`` of nested dicts ``d``; None where a part is missing (a retired field)."""
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
 
 
 def training_hash(config) -> str:
-    """The cache key of a training: its config without the blocks that only sampling and scoring read."""
-    return config_hash(config, NOT_TRAINING)
+    """The cache key of a training: the fields that fix its trajectory (``config.trajectory_fields``: seed,
+    process, data set, network, batch, loss, optimizer, EMA) and its length ``training.n_iters``. Intervals,
+    paths, device counts, sampling and evaluation settings leave it unchanged."""
+    d = _selected(config)
+    paths = (*config_lib.trajectory_fields(config), "training.n_iters")
+    return _digest({p: _pick(d, p) for p in paths})
 
 
-def draw_hash(config, n_samples: int, seed: int) -> str:
-    """The cache key of one draw of a row: the row's config (sampler included), the sample count and seed."""
-    return config_hash(config, ("ablation",), n_samples=n_samples, sampling_seed=seed)
+def draw_hash(config, training_key: str, n_samples: int, seed: int) -> str:
+    """The cache key of one draw of a row: the trained model's key ``training_key`` (:func:`training_hash` of the
+    row's training), the row's process, sampler settings and start, the scoring settings, the sample count and
+    the sampling seed."""
+    d = _selected(config)
+    fields = {"process": d["process"], "sampling": d["sampling"], "eval": d["eval"], "data": d["data"]["dataset"]}
+    return _digest({**fields, "seed": d["seed"], "training": training_key, "n_samples": n_samples, "draw": seed})
 
 
 def trainings(config) -> dict[str, Training]:
@@ -231,10 +239,34 @@ def validate(config) -> list[Row]:
         raise ValueError(f"config.ablation.seeds must be distinct ints >= 0, at least one, got {seeds}")
     for row in rows:
         try:
-            config_lib.validate(row_config(config, row))
+            rc = row_config(config, row)
+            config_lib.validate(rc)
+            check_process_change(training_config(config, row.training), rc)
         except ValueError as err:
             raise ValueError(f"ablation row {row.name!r}: {err}") from err
     return rows
+
+
+def check_process_change(trained, sampled) -> None:
+    """Raises ``ValueError`` unless the network trained under config ``trained`` is valid under ``sampled``'s process.
+
+    The one change allowed: a ``gbm`` network sampled as ``log_ve``, the same process written additively
+    (:meth:`LogVESDE.from_gbm` of the trained GBM, under the ``log_noise`` parametrisation, where the two
+    networks are the same function of ``log x_t``).
+    """
+    before, after = trained.process.name, sampled.process.name
+    if before == after:
+        return
+    if (before, after) != ("gbm", "log_ve"):
+        raise ValueError(f"a network trained under process {before!r} cannot be sampled as {after!r}")
+    if sampled.model.parametrisation != "log_noise":
+        raise ValueError("log_ve can sample a GBM network only under the log_noise parametrisation")
+    want = LogVESDE.from_gbm(config_lib.make_process(trained))
+    if config_lib.make_process(sampled) != want:
+        raise ValueError(
+            f"config.process.log_ve must be config.process.gbm written additively: sigma={want.sigma}, T={want.T}, "
+            f"data_offset={want.data_offset}, got {sampled.process.log_ve.to_dict()}"
+        )
 
 
 def train_model(config, workdir: Workdir, name: str, position: str = "", log=print) -> dict:
@@ -269,11 +301,12 @@ def train_model(config, workdir: Workdir, name: str, position: str = "", log=pri
 def sample_draw(config, workdir: Workdir, row: Row, n_steps: int | None, seed: int, scorer: Scorer, log=print) -> dict:
     """Samples ``config.ablation.n_samples`` images for ``row`` at ``n_steps`` levels with sampling seed ``seed``
     and scores them (cached in ``rows/<row>_<steps>_s<seed>.json``); returns the draw's record."""
-    cfg = row_config(config, row, n_steps)
+    t0 = time.perf_counter()
+    cfg, trained = row_config(config, row, n_steps), training_config(config, row.training)
     steps = row_levels(config, row, n_steps)
     n = config.ablation.n_samples
     path = workdir.ablation_row(row.name, steps, "json", seed)
-    key = draw_hash(cfg, n, seed)
+    key = draw_hash(cfg, training_hash(trained), n, seed)
     cached = wd_lib.read_json(path)
     if cached is not None and cached.get("config_hash") == key:
         return cached
@@ -281,13 +314,14 @@ def sample_draw(config, workdir: Workdir, row: Row, n_steps: int | None, seed: i
     process, model = config_lib.make_process(cfg), config_lib.make_model(cfg)
     # A row may sample its training's network under another process (log-space VE reads GBM's network):
     # the training folder's prior fits are then in the wrong domain, so fit afresh and keep nothing.
-    same_process = cfg.process.name == training_config(config, row.training).process.name
+    same_process = cfg.process.name == trained.process.name
     stats = generate.start_stats(cfg, process, train_dir if same_process else None, write=parallel.is_chief())
     params = state_lib.restore_latest(cfg, train_dir).ema_params
-    t0 = time.perf_counter()
+    t_sample = time.perf_counter()
     rng = jax.random.fold_in(jax.random.key(cfg.seed + 1), seed)
     images, _, _ = generate.generate(cfg, process, model, params, stats, rng, n)
-    seconds = time.perf_counter() - t0
+    sampling_seconds = time.perf_counter() - t_sample
+    scores = scorer.score(images)
     result = {
         "row": row.name,
         "group": row.group,
@@ -297,8 +331,9 @@ def sample_draw(config, workdir: Workdir, row: Row, n_steps: int | None, seed: i
         "nfe": generate.network_evaluations(cfg),
         "n_samples": len(images),
         "seed": seed,
-        "seconds": seconds,
-        **scorer.score(images),
+        **scores,
+        "sampling_seconds": sampling_seconds,
+        "seconds": time.perf_counter() - t0,  # restore, prior fit, sampling and scoring
         "config_hash": key,
     }
     if parallel.is_chief():
@@ -306,21 +341,28 @@ def sample_draw(config, workdir: Workdir, row: Row, n_steps: int | None, seed: i
         wd_lib.write_json(path, result)
     log(
         f"[ablation] {row.name:32s} seed {seed}  NFE {result['nfe']:5d}  FID {result['fid']:8.2f}  "
-        f"KID {result['kid']:.4f}  {seconds:6.1f} s"
+        f"KID {result['kid']:.4f}  {result['seconds']:6.1f} s"
     )
     return result
 
 
 def summarise(draws: list[dict]) -> dict:
-    """One row from its draws (one per seed): the first draw's descriptive fields, ``<metric>`` the mean,
-    ``<metric>_std`` the sample standard deviation over seeds (0 for one seed), ``<metric>_seeds`` each value,
-    for every metric of :data:`SEED_METRICS`; ``seconds`` is the total and ``seeds`` the seeds."""
-    out = {k: v for k, v in draws[0].items() if k not in (*SEED_METRICS, "kid_std", "seed", "seconds", "config_hash")}
+    """One row from its draws (one per seed): the first draw's descriptive fields and, for every metric of
+    :data:`SEED_METRICS`, ``<metric>`` the mean over the draws that scored, ``<metric>_std`` their sample standard
+    deviation (NaN for fewer than two), ``<metric>_seeds`` every draw's value; ``failed_draws`` counts draws with
+    no finite sample (NaN metrics), ``kid_subset_std`` is the mean spread of KID over its subsets, ``seconds``
+    the total and ``seeds`` the seeds."""
+    drop = (*SEED_METRICS, "kid_std", "seed", "seconds", "sampling_seconds", "config_hash")
+    out = {k: v for k, v in draws[0].items() if k not in drop}
+    scored = [d for d in draws if np.isfinite(float(d["fid"]))]
     for m in SEED_METRICS:
-        values = np.asarray([float(d[m]) for d in draws], np.float64)
-        out[m] = float(values.mean())
-        out[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        out[f"{m}_seeds"] = [float(v) for v in values]
+        values = np.asarray([float(d[m]) for d in scored], np.float64)
+        out[m] = float(values.mean()) if len(values) else float("nan")
+        out[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+        out[f"{m}_seeds"] = [float(d[m]) for d in draws]
+    out["diverged"] = float(np.mean([float(d["diverged"]) for d in draws]))  # every draw counts here
+    out["kid_subset_std"] = float(np.mean([float(d["kid_std"]) for d in scored])) if scored else float("nan")
+    out["failed_draws"] = len(draws) - len(scored)
     out["seeds"] = [d["seed"] for d in draws]
     out["seconds"] = float(sum(d["seconds"] for d in draws))
     return out
@@ -362,7 +404,8 @@ def run(config, workdir: str | Workdir, log=print) -> dict:
         "curves": {r.name: curves[r.name] for r in rows if r.name in curves},
         "classifier_accuracy": scorer.accuracy,
         "seconds": time.perf_counter() - t_start,
-        # What the whole grid cost, over every invocation that made part of it (cached parts count too).
+        # What the whole grid cost, cached parts included: each training's seconds are those of the invocation
+        # that finished it (a preempted training's earlier part is not counted); each draw's its own.
         "training_seconds": float(sum(t["seconds"] for t in trained.values())),
         "draw_seconds": float(sum(draws.values())),
     }

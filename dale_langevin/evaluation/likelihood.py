@@ -42,6 +42,8 @@ from dale_langevin.samplers import ode
 
 PIXEL_LEVELS = 256  # 8-bit data: u = (pixel + U[0, 1)) / 256
 DEQUANTISATION = "u = (pixel + U[0,1)) / 256, x = process.encode(u)"
+
+
 def prior_for(process, stats: dict, start: str) -> tuple[object, str, str | None]:
     """The prior at ``T`` for the likelihood: ``(prior, its name, a note or None)``.
 

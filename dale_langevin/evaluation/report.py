@@ -11,9 +11,19 @@ from dale_langevin.pipeline import images as images_lib, workdir as wd_lib
 from dale_langevin.pipeline.workdir import Workdir
 
 _DESCRIPTION = ("group", "row", "training", "process", "sampler", "weighting", "prior", "extras", "nfe")
-_METRICS = ("fid", "kid", "class_entropy", "empty_classes", "nn_ratio", "diverged")
-# ablation.csv: each metric's mean over the sampling seeds, its standard deviation, and the seeds used.
-COLUMNS = (*_DESCRIPTION, *(c for m in _METRICS for c in (m, f"{m}_std")), "n_samples", "seeds", "seconds")
+# The per-draw metrics a row reports as mean and spread over its sampling seeds.
+SEED_METRICS = ("fid", "kid", "class_entropy", "empty_classes", "nn_ratio", "diverged")
+# ablation.csv: each metric's mean over the sampling seeds and its standard deviation (empty for one seed),
+# KID's spread over its subsets, the draws that failed (every sample non-finite), the seeds used.
+COLUMNS = (
+    *_DESCRIPTION,
+    *(c for m in SEED_METRICS for c in (m, f"{m}_std")),
+    "kid_subset_std",
+    "failed_draws",
+    "n_samples",
+    "seeds",
+    "seconds",
+)
 
 
 def write_reports(config, workdir: Workdir, result: dict) -> None:
@@ -36,9 +46,9 @@ def describe_network(config) -> str:
 
 
 def _spread(r: dict, metric: str, fmt: str) -> str:
-    """``mean ± std`` of a row's metric over its sampling seeds (the mean alone for one seed)."""
-    mean = format(r[metric], fmt)
-    return mean if len(r["seeds"]) < 2 else f"{mean} ± {format(r[metric + '_std'], fmt)}"
+    """``mean ± std`` of a row's metric over its sampling seeds (the mean alone when fewer than two draws scored)."""
+    mean, std = format(r[metric], fmt), r[metric + "_std"]
+    return mean if np.isnan(std) else f"{mean} ± {format(std, fmt)}"
 
 
 def markdown_report(config, result: dict) -> str:
@@ -53,10 +63,12 @@ def markdown_report(config, result: dict) -> str:
         f"EMA {config.ema.decay}. Each row: {len(seeds)} draw(s) of {a.n_samples} samples (sampling seeds "
         f"{', '.join(map(str, seeds))}), each scored against the test split in the features "
         f"of the offline classifier (test accuracy {result['classifier_accuracy']:.3f}); a cell is the mean over "
-        "the draws ± their standard deviation. KID: "
+        "the draws ± their standard deviation (sampling noise of one trained model: every row shares the seeds, "
+        "so rows are paired). KID: "
         f"{config.eval.kid_subsets} subsets. nn ratio: median distance of a sample to its nearest training image "
         "over the same for test images (well below 1 flags memorisation). diverged: samples with NaN/inf pixels, left "
-        "out of the metrics. Lower FID/KID is better.",
+        "out of the metrics (a draw with no finite sample is left out of the mean and counted as failed). Lower "
+        "FID/KID is better.",
         "",
         "| group | row | training | process | sampler | weighting | prior | extras | NFE | FID | KID | "
         "class entropy | nn ratio | diverged | seconds |",
@@ -120,9 +132,8 @@ def plot_curves(curves: dict):
     for name, points in curves.items():
         nfe = [p["nfe"] for p in points]
         for ax, m in zip(axes, ("fid", "kid")):
-            ax.errorbar(
-                nfe, [p[m] for p in points], yerr=[p[f"{m}_std"] for p in points], fmt="o-", capsize=3, label=name
-            )
+            err = np.nan_to_num([p[f"{m}_std"] for p in points])  # no bar where fewer than two draws scored
+            ax.errorbar(nfe, [p[m] for p in points], yerr=err, fmt="o-", capsize=3, label=name)
     for ax, name in zip(axes, ("offline FID", "offline KID")):
         ax.set_xscale("log")
         if name == "offline FID":  # spans 10 to 500 across processes; KID can be negative (unbiased)

@@ -326,13 +326,19 @@ def _with_model_groups(saved: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**saved, "model": {"name": "unet", "parametrisation": "log_noise", **rest, "unet": unet, **groups}}
 
 
+def trajectory_fields(config) -> tuple[str, ...]:
+    """The config paths that fix a training's trajectory (and a resumed run must keep): :data:`RESUME_FIELDS`
+    and the selected process's group ``process.<name>``."""
+    return (*RESUME_FIELDS, f"process.{config.process.name}")
+
+
 def resume_differences(saved: Mapping[str, Any], config) -> list[str]:
     """The fields a resumed run must keep (:data:`RESUME_FIELDS` and ``process.<name>``) where ``saved`` differs.
 
     ``saved`` is the ``config.json`` of the run that wrote the checkpoints; each entry reads
     ``"config.model.unet.channels: 8 -> 16"``. Empty when the run may resume.
     """
-    fields = (*RESUME_FIELDS, f"process.{config.process.name}")
+    fields = trajectory_fields(config)
     old, new = _flat(_with_model_groups(saved)), _flat(config.to_dict())
     return [
         f"config.{p}: {old.get(p)!r} -> {new.get(p)!r}"

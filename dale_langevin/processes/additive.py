@@ -70,6 +70,14 @@ class _LinearGaussianSDE:
         """Forward drift ``f(x, t) = c(t) x``; shape of ``x``."""
         return expand_time(self.drift_coeff(t), x) * x
 
+    def gaussian_coords(self, x: jax.Array) -> jax.Array:
+        """``x`` itself: the kernel is Gaussian in the data domain; shape of ``x``."""
+        return x
+
+    def kernel_coeffs(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(a_t, std_t)`` of the kernel ``x_t = a_t x0 + std_t eps``; each of the shape of ``t``."""
+        return self.mean_coeff(t), self.noise_std(t)
+
     def push_forward_moments(self, mean0, var0, t):
         """Mean and variance of ``X_t`` given those of ``X_0`` (any broadcastable shapes)."""
         a, s = self.mean_coeff(t), self.noise_std(t)
@@ -184,6 +192,17 @@ class LogVESDE(_LinearGaussianSDE):
         _check_positive(
             **{"LogVESDE.sigma": self.sigma, "LogVESDE.T": self.T, "LogVESDE.data_offset": self.data_offset}
         )
+
+    @classmethod
+    def from_gbm(cls, gbm) -> LogVESDE:
+        """The log-space VE whose kernel is ``gbm``'s in log space; ``ValueError`` unless ``gbm`` has the
+        published drift (``mu=None``: zero log drift) and a constant volatility."""
+        if gbm.schedule != "constant" or gbm.mu is not None:
+            raise ValueError(
+                f"log-space VE is GBM written additively only for schedule='constant' and mu=None (zero drift of "
+                f"log X), not schedule={gbm.schedule!r}, mu={gbm.mu!r}"
+            )
+        return cls(sigma=gbm.sigma, T=gbm.T, data_offset=gbm.data_offset)
 
     def mean_coeff(self, t):
         return jnp.ones_like(jnp.asarray(t, jnp.float32))

@@ -123,7 +123,7 @@ class GaussianMixture:
         return GaussianMixture(self.weights, m, jnp.sqrt(v)).sample(rng, shape)
 
     def score(self, x: jax.Array, process: AdditiveProcess, t: jax.Array) -> jax.Array:
-        """Exact marginal Stein score ``grad_x log p_t(x)``; ``x`` ``(B, ...)``, ``t`` ``(B,)`` or scalar."""
+        """Exact marginal Stein score ``grad_x log p_t(x)``, shape of ``x``; ``x`` ``(B, ...)``, ``t`` ``(B,)`` or scalar."""
         t = jnp.asarray(t, jnp.float32)
         m, v = self.marginal(process, t)
         if t.ndim:  # (B, K) -> (B, 1, ..., 1, K)

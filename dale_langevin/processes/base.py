@@ -64,6 +64,12 @@ class DiffusionProcess(Protocol):
     def fit_prior(self, x0: Any, per_pixel: bool = True) -> Any:
         """Fits the law at ``T`` from data ``(N, ...)``; returns an object with ``sample``/``log_prob``."""
 
+    def gaussian_coords(self, x: jax.Array) -> jax.Array:
+        """``x`` in the coordinates where the kernel is Gaussian and additive (``log x`` for GBM); shape of ``x``."""
+
+    def kernel_coeffs(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(a_t, std_t)`` of the kernel ``y_t = a_t y_0 + (shift) + std_t eps`` in those coordinates; shape of ``t``."""
+
     def encode(self, u: jax.Array) -> jax.Array:
         """Maps images in [0, 1] into the process's data domain."""
 

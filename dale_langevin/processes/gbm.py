@@ -149,6 +149,14 @@ class GBM:
         """``sqrt(v_t)``, the kernel's standard deviation in log space; shape of ``t``."""
         return jnp.sqrt(self.log_var(t))
 
+    def gaussian_coords(self, x: jax.Array) -> jax.Array:
+        """``log x``, where the kernel is Gaussian: ``log x_t = log x0 + D(t) + sqrt(v_t) eps``; shape of ``x``."""
+        return jnp.log(x)
+
+    def kernel_coeffs(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(1, sqrt(v_t))``: in log space the signal keeps unit weight and the noise has std ``sqrt(v_t)``; shape of ``t``."""
+        return jnp.ones_like(jnp.asarray(t, jnp.float32)), self.noise_std(t)
+
     def score_from_noise(self, eps_hat: jax.Array, t: jax.Array) -> jax.Array:
         """The parametrisation: log-space noise ``eps_hat`` -> Hyvarinen score ``-1 - eps_hat / sqrt(v_t)``.
 

@@ -22,35 +22,30 @@ from __future__ import annotations
 
 import numpy as np
 
+from dale_langevin.checks import check_positive
 from dale_langevin.processes.additive import VESDE
 from dale_langevin.processes.base import DiffusionProcess
-from dale_langevin.processes.gbm import GBM
 
 
 def gaussian_domain(process: DiffusionProcess, images) -> np.ndarray:
-    """The data ``(N, ...)`` (images in [0, 1]) in the domain where ``process``'s kernel is Gaussian: ``log x`` for GBM."""
+    """Images ``(N, ...)`` in [0, 1], encoded by ``process`` and taken to its Gaussian coordinates (``log x`` for
+    GBM, ``x`` for the additive processes); float64, same shape."""
     x0 = np.asarray(process.encode(np.asarray(images, np.float32)), np.float64)
-    return np.log(x0) if isinstance(process, GBM) else x0
-
-
-def signal_and_noise(process: DiffusionProcess, t: float) -> tuple[float, float]:
-    """``(a_t, std_t)`` of the kernel ``y_t = a_t y0 + std_t eps`` in the Gaussian domain (GBM: ``a_t = 1``)."""
-    if isinstance(process, GBM):
-        return 1.0, float(process.noise_std(t))
-    return float(process.mean_coeff(t)), float(process.noise_std(t))
+    return np.asarray(process.gaussian_coords(x0), np.float64)
 
 
 def terminal_snr(process: DiffusionProcess, images) -> float:
     """``a_T**2 Var[y0] / std_T**2`` for training images ``(N, ...)`` in [0, 1], variance pooled over everything."""
-    a, s = signal_and_noise(process, process.T)
+    a, s = (float(c) for c in process.kernel_coeffs(process.T))
     return a**2 * float(np.var(gaussian_domain(process, images))) / s**2
 
 
-def matched_ve_sigma_max(images, reference: DiffusionProcess, sigma_min: float = 0.01, T: float = 1.0) -> float:
-    """The ``sigma_max`` of a :class:`~.additive.VESDE` (``sigma_min``, ``T``) whose terminal SNR on ``images``
-    ``(N, ...)`` in [0, 1] equals ``reference``'s (see the module docstring); a float."""
-    snr = terminal_snr(reference, images)
+def matched_ve_sigma_max(images, process: DiffusionProcess, sigma_min: float = 0.01) -> float:
+    """The ``sigma_max`` of a :class:`~.additive.VESDE` with ``sigma_min`` whose terminal SNR on ``images``
+    ``(N, ...)`` in [0, 1] equals ``process``'s (see the module docstring); a float."""
+    check_positive(sigma_min, "sigma_min")
+    snr = terminal_snr(process, images)
     if not np.isfinite(snr) or snr <= 0:
-        raise ValueError(f"matched_ve_sigma_max: the reference's terminal SNR must be finite and > 0, got {snr}")
-    var = float(np.var(gaussian_domain(VESDE(sigma_min=sigma_min, sigma_max=2 * sigma_min, T=T), images)))
+        raise ValueError(f"matched_ve_sigma_max: the process's terminal SNR must be finite and > 0, got {snr}")
+    var = float(np.var(gaussian_domain(VESDE(), images)))  # VE's encoding, 2 u - 1, has no parameter
     return float(np.sqrt(sigma_min**2 + var / snr))

@@ -10,7 +10,7 @@ deterministic pure function. Shapes: ``x``, ``h``, ``z`` are ``(B, ...)``; ``t``
   ``x * (1 + dt (2 sigma**2 - mu) + dt sigma**2 h + sigma sqrt(dt) z)``
 
 All three run through :func:`reverse_sde` (one ``lax.scan`` over the levels) and are registered as
-``dale_langevin``, ``sign_agnostic`` (GBM) and ``euler_maruyama`` (VE, VP).
+``dale_langevin``, ``sign_agnostic`` (GBM) and ``euler_maruyama`` (VE, VP, log-space VE).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def reverse_sde(
         update consumes (the Hyvarinen score for GBM). Closed over, so the whole call jit-compiles.
       x_T: start, e.g. a prior sample; for GBM it must be > 0 for ``dale_langevin``.
       process: the forward process (a :class:`~dale_langevin.processes.gbm.GBM` for the
-        multiplicative updates, VE/VP for Euler-Maruyama).
+        multiplicative updates, VE/VP/log-space VE for Euler-Maruyama).
       update: one of :func:`dale_langevin_update`, :func:`sign_agnostic_update`, :func:`euler_maruyama_update`.
       n_steps: number of time levels ``T, T - d, ..., t_end + d`` with ``d = (T - t_end) / n_steps``.
       t_end: the time the last step lands on (0 by default).
