@@ -64,7 +64,8 @@ def test_every_row_config_validates_and_differs_as_named():
     sigma = configs["ve_snr_euler_maruyama"].process.ve.sigma_max
     assert 2.0 < sigma < 2.5 and configs["ve_euler_maruyama"].process.ve.sigma_max == 50.0
     pixels, _ = data.load_arrays("embedded_mnist", "train")
-    np.testing.assert_allclose(sigma, snr.matched_ve_sigma_max(pixels / 255.0, GBM()), atol=1e-4)
+    gbm = GBM(**configs["ve_snr_euler_maruyama"].process.gbm.to_dict())  # the config's GBM, as trained
+    np.testing.assert_allclose(sigma, snr.matched_ve_sigma_max(pixels / 255.0, gbm), atol=1e-4)
     # Log-space VE is GBM's process written additively: the same sigma and T, sampling GBM's noise-weighted net.
     lve = configs["log_ve_euler_maruyama"]
     assert (lve.process.log_ve.sigma, lve.process.log_ve.T) == (lve.process.gbm.sigma, lve.process.gbm.T)

@@ -745,3 +745,21 @@ def test_training_from_a_prepared_tfds_directory(tmp_path):
             tiny_config(**{"data.dataset": "kmnist", "data.data_dir": str(data_dir), "data.download": False}),
             str(tmp_path / "other"),
         )
+
+
+def test_no_config_file_starts_jax():
+    # main forces the host device count before JAX starts its backends; a config file that runs a JAX op
+    # while loading would start them first and leave one CPU device. Load every config, then ask for 3.
+    code = (
+        "import glob, os, jax\n"
+        "from dale_langevin.pipeline import config\n"
+        "for f in sorted(glob.glob('configs/**/*.py', recursive=True)):\n"
+        "    config.load_config_file(f)\n"
+        "os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=3'\n"
+        "print(len(jax.devices('cpu')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "3", out.stdout
