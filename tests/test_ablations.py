@@ -111,6 +111,10 @@ def test_draws_summarise_to_mean_and_spread_over_seeds():
     assert np.isnan(ablations.summarise([failed])["fid"])
     md = report.markdown_report(load_config("ablation_cpu"), _result([ablations.summarise(draws[:1])]))
     assert "| 10.0 |" in md and "±" not in md.split("Trainings:")[0].split("| group |")[1]
+    # A curve point where samples diverged says how many: its metrics are of the rest.
+    point = ablations.summarise([{**d, "diverged": 0.9, "nfe": 20} for d in draws])
+    assert report.curve_cell(point) == "20: 12.0 ± 2.0 (90% diverged)"
+    assert report.curve_cell({**point, "diverged": 0.0}) == "20: 12.0 ± 2.0"
 
 
 def _result(rows):

@@ -51,6 +51,12 @@ def _spread(r: dict, metric: str, fmt: str) -> str:
     return mean if np.isnan(std) else f"{mean} ± {format(std, fmt)}"
 
 
+def curve_cell(p: dict) -> str:
+    """``NFE: FID`` of a curve point, with the share of diverged samples when there are any."""
+    diverged = f" ({p['diverged']:.0%} diverged)" if p["diverged"] > 0 else ""
+    return f"{p['nfe']}: {_spread(p, 'fid', '.1f')}{diverged}"
+
+
 def markdown_report(config, result: dict) -> str:
     """The markdown table of rows and trainings, with the budget they were measured at."""
     t, a = config.training, config.ablation
@@ -95,13 +101,14 @@ def markdown_report(config, result: dict) -> str:
         width = max(len(points) for points in result["curves"].values())
         lines += [
             "",
-            "FID against network evaluations (each cell: NFE: FID, mean ± std over the seeds):",
+            "FID against network evaluations (each cell: NFE: FID, mean ± std over the seeds; where samples "
+            "diverged, the share that did: their metrics are of the rest):",
             "",
             "| row | " + " | ".join(f"point {i + 1}" for i in range(width)) + " |",
             "|---|" + "---|" * width,
         ]
         for name, points in result["curves"].items():
-            cells = [f"{p['nfe']}: {_spread(p, 'fid', '.1f')}" for p in points] + [""] * (width - len(points))
+            cells = [curve_cell(p) for p in points] + [""] * (width - len(points))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += ["", "![metric against NFE](nfe.png)"]
     lines += [
@@ -126,14 +133,24 @@ def _pyplot():
 
 def plot_curves(curves: dict):
     """A figure of offline FID and KID against network evaluations, one line per curve row; error bars: the
-    standard deviation over the sampling seeds."""
+    standard deviation over the sampling seeds; a cross marks a point where over 1% of the samples diverged."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for name, points in curves.items():
         nfe = [p["nfe"] for p in points]
         for ax, m in zip(axes, ("fid", "kid")):
             err = np.nan_to_num([p[f"{m}_std"] for p in points])  # no bar where fewer than two draws scored
-            ax.errorbar(nfe, [p[m] for p in points], yerr=err, fmt="o-", capsize=3, label=name)
+            line = ax.errorbar(nfe, [p[m] for p in points], yerr=err, fmt="o-", capsize=3, label=name)
+            for p in points:  # a point scored on the samples that did not diverge: say how many did
+                if p["diverged"] > 0.01:
+                    ax.plot(p["nfe"], p[m], "x", ms=12, color=line[0].get_color())
+                    ax.annotate(
+                        f"{p['diverged']:.0%} diverged",
+                        (p["nfe"], p[m]),
+                        fontsize=7,
+                        xytext=(4, 4),
+                        textcoords="offset points",
+                    )
     for ax, name in zip(axes, ("offline FID", "offline KID")):
         ax.set_xscale("log")
         if name == "offline FID":  # spans 10 to 500 across processes; KID can be negative (unbiased)
