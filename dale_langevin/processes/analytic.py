@@ -23,6 +23,17 @@ from dale_langevin.processes.base import AdditiveProcess
 from dale_langevin.processes.gbm import GBM
 
 
+def _checked_mixture(weights, means, stds, names: tuple[str, str, str]):
+    """``(weights, means, stds)`` as float32 ``(K,)`` arrays; ``ValueError`` unless they share one shape,
+    the weights are > 0 and sum to 1, and the stds are > 0 (``names`` name the three in the messages)."""
+    w, m, s = (jnp.asarray(a, jnp.float32) for a in (weights, means, stds))
+    if not (w.ndim == 1 and w.shape == m.shape == s.shape):
+        raise ValueError(f"{', '.join(names)} must share one shape (K,), got {w.shape}, {m.shape}, {s.shape}")
+    if np.any(np.asarray(w) <= 0) or abs(float(w.sum()) - 1.0) > 1e-5 or np.any(np.asarray(s) <= 0):
+        raise ValueError(f"weights must be > 0 and sum to 1, {names[2]} must be > 0")
+    return w, m, s
+
+
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["weights", "log_means", "log_stds"], meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class LogNormalMixture:
@@ -35,13 +46,7 @@ class LogNormalMixture:
     @classmethod
     def create(cls, weights, log_means, log_stds) -> LogNormalMixture:
         """Validates and converts; weights must be positive and sum to 1."""
-        w, m, s = (jnp.asarray(a, jnp.float32) for a in (weights, log_means, log_stds))
-        if not (w.ndim == 1 and w.shape == m.shape == s.shape):
-            raise ValueError(
-                f"weights, log_means, log_stds must share one shape (K,), got {w.shape}, {m.shape}, {s.shape}"
-            )
-        if np.any(np.asarray(w) <= 0) or abs(float(w.sum()) - 1.0) > 1e-5 or np.any(np.asarray(s) <= 0):
-            raise ValueError("weights must be > 0 and sum to 1, log_stds must be > 0")
+        w, m, s = _checked_mixture(weights, log_means, log_stds, ("weights", "log_means", "log_stds"))
         return cls(w, m, s)
 
     def sample(self, rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -99,11 +104,7 @@ class GaussianMixture:
     @classmethod
     def create(cls, weights, means, stds) -> GaussianMixture:
         """Validates and converts; weights must be positive and sum to 1, stds positive."""
-        w, m, s = (jnp.asarray(a, jnp.float32) for a in (weights, means, stds))
-        if not (w.ndim == 1 and w.shape == m.shape == s.shape):
-            raise ValueError(f"weights, means, stds must share one shape (K,), got {w.shape}, {m.shape}, {s.shape}")
-        if np.any(np.asarray(w) <= 0) or abs(float(w.sum()) - 1.0) > 1e-5 or np.any(np.asarray(s) <= 0):
-            raise ValueError("weights must be > 0 and sum to 1, stds must be > 0")
+        w, m, s = _checked_mixture(weights, means, stds, ("weights", "means", "stds"))
         return cls(w, m, s)
 
     def sample(self, rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
