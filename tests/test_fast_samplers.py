@@ -1,4 +1,4 @@
-"""Stochastic few-step samplers (DDIM with eta, SDE-DPM-Solver-2M): recovery, ODE limits, exact chain moments, config."""
+"""Stochastic few-step samplers (DDIM with eta, SDE-DPM-Solver-2M/3M): recovery, orders, grids, exact chain moments, config."""
 
 import functools
 
@@ -15,7 +15,7 @@ from dale_langevin.samplers import few_step as fast, ode
 SDE = GBM()
 DRIFT_SDE = GBM(sigma=0.5, mu=0.2)  # nonzero log drift D(t): exercises the z = y - D(t) shift
 MIXTURE = LogNormalMixture.create([0.3, 0.7], [-0.5, 0.5], [0.1, 0.1])
-SOLVERS = ("ddim", "dpm2m")
+SOLVERS = ("ddim", "dpm2m", "dpm3m")
 
 
 def _run(sampler, rng, hyv, x_T, sde, **kwargs):
@@ -39,11 +39,18 @@ def _assert_recovers(x0):
     np.testing.assert_array_less(np.abs(stats["log_stds"] - s), 4 * s / np.sqrt(2 * w * n) + 0.01)
 
 
-# ddim at 50 steps; the second-order dpm2m at 20 (measured: within 0.01 already at 10).
+# ddim at 50 steps; the multistep solvers at 20 (measured: within 0.01 already at 10).
 @pytest.mark.parametrize(
     "solver, sde, eta, n_steps",
-    [("ddim", SDE, 1.0, 50), ("ddim", DRIFT_SDE, 0.5, 50), ("dpm2m", SDE, 1.0, 20), ("dpm2m", DRIFT_SDE, 0.5, 20)],
-    ids=["ddim-ancestral", "ddim-half-drift", "dpm2m-sde", "dpm2m-half-drift"],
+    [
+        ("ddim", SDE, 1.0, 50),
+        ("ddim", DRIFT_SDE, 0.5, 50),
+        ("dpm2m", SDE, 1.0, 20),
+        ("dpm2m", DRIFT_SDE, 0.5, 20),
+        ("dpm3m", SDE, 1.0, 20),
+        ("dpm3m", DRIFT_SDE, 0.5, 20),
+    ],
+    ids=["ddim-ancestral", "ddim-half-drift", "dpm2m-sde", "dpm2m-half-drift", "dpm3m-sde", "dpm3m-half-drift"],
 )
 def test_fast_samplers_recover_the_mixture(solver, sde, eta, n_steps):
     x_T = MIXTURE.sample_marginal(jax.random.key(1), sde, sde.T, (1024, 8))
@@ -104,6 +111,115 @@ def test_dpm2m_is_second_order_on_the_flow():
     np.testing.assert_array_less(3.0, ratios)
     np.testing.assert_array_less(ratios, 5.4)
     assert e[1] < 1e-3  # dpm1 at 20 steps: 7.6e-3 (tests/test_ode.py checks its first order)
+
+
+def _grid_with_tiny_start(sde, n, t_end=1e-3):
+    """A ``log_std`` grid of ``n`` steps after two tiny ones (lambda + 2e-3 each): the multistep solvers' lower-order
+    first steps then add almost no error, so the error shows the order of the multistep formula itself."""
+    lam_T = -jnp.log(sde.noise_std(sde.T))
+    start = lam_T + jnp.array([0.0, 2e-3, 4e-3])
+    lam = jnp.concatenate([start, jnp.linspace(start[-1], -jnp.log(sde.noise_std(t_end)), n + 1)[1:]])
+    return sde.time_from_log_var(jnp.exp(-2.0 * lam)).at[0].set(sde.T).at[-1].set(t_end)
+
+
+def test_dpm3m_is_third_order_after_its_start():
+    # eta = 0 (DPM-Solver++(3M) on the flow). After its start, halving the step divides the error by
+    # about 8 (measured 6.5 and 7.3; dpm2m on the same grids 3.9). From T directly the first-order
+    # first step's O(h^2) error dominates and both tend to 4 (the order a lower-order start allows).
+    x_T = MIXTURE.sample_marginal(jax.random.key(2), SDE, SDE.T, (32, 4))
+    hyv = MIXTURE.score_fn(SDE)
+    run = jax.jit(
+        lambda ts, order: fast.multistep_on_grid(
+            jax.random.key(0), hyv, x_T, SDE, ts, order=order, eta=0.0, denoise_steps=0
+        ),
+        static_argnums=1,
+    )
+    ref = jnp.log(run(_grid_with_tiny_start(SDE, 320), 3))  # error ~1e-8 (8^-3 of the 40-step one)
+
+    def ratios(order):
+        e = [float(jnp.mean(jnp.abs(jnp.log(run(_grid_with_tiny_start(SDE, n), order)) - ref))) for n in (10, 20, 40)]
+        return np.array([e[0] / e[1], e[1] / e[2]]), e
+
+    r3, e3 = ratios(3)
+    r2, e2 = ratios(2)
+    np.testing.assert_array_less(6.0, r3)
+    np.testing.assert_array_less(r3, 9.5)
+    np.testing.assert_array_less(r2, 4.6)  # the same test has power: second order fails it
+    assert e3[2] < e2[2] / 5
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_dpm3m_starts_as_dpm2m(eta):
+    # Its first two steps have at most two estimates: the same steps as dpm2m; the third differs.
+    hyv = MIXTURE.score_fn(DRIFT_SDE)
+    x_T = MIXTURE.sample_marginal(jax.random.key(3), DRIFT_SDE, DRIFT_SDE.T, (16, 4))
+    ts = fast.time_grid(DRIFT_SDE, 6, 0.05)
+    run = jax.jit(
+        lambda ts, order: fast.multistep_on_grid(
+            jax.random.key(8), hyv, x_T, DRIFT_SDE, ts, order=order, eta=eta, denoise_steps=0
+        ),
+        static_argnums=1,
+    )
+    np.testing.assert_allclose(run(ts[:3], 3), run(ts[:3], 2), rtol=1e-6)
+    assert not np.allclose(run(ts[:4], 3), run(ts[:4], 2), rtol=1e-4)
+
+
+def test_multistep_coefficients_integrate_the_polynomial():
+    # g and q are int_0^h k e^{-k(h-u)} u^j / j! du for j = 1, 2 (a dense trapezoid rule checks the closed forms),
+    # and a + b = 1: a constant y0 = z is a fixed point.
+    for eta in (0.0, 0.5, 1.0):
+        a, b, g, q, c = (float(v) for v in fast.multistep_coefficients(0.8, 0.3, eta))
+        k, h = 1.0 + eta**2, np.log(0.8 / 0.3)
+        u = np.linspace(0.0, h, 200_001)
+        kernel = k * np.exp(-k * (h - u))
+        np.testing.assert_allclose(g, np.trapezoid(kernel * u, u), rtol=1e-6)
+        np.testing.assert_allclose(q, np.trapezoid(kernel * u**2 / 2, u), rtol=1e-5)
+        np.testing.assert_allclose((a, a + b), (np.exp(-k * h), 1.0), rtol=1e-6)
+        np.testing.assert_allclose(c, 0.3 * np.sqrt(1 - (0.3 / 0.8) ** (2 * eta**2)), rtol=1e-6, atol=1e-7)
+
+
+def test_power_grid():
+    ts = fast.time_grid(SDE, 8, 5e-3, "power", rho=7.0)
+    chex.assert_shape(ts, (9,))
+    np.testing.assert_allclose((ts[0], ts[-1]), (SDE.T, 5e-3), rtol=1e-6)
+    assert bool(jnp.all(jnp.diff(ts) < 0))
+    # rho = 1: equal steps of std; a large rho: the log_std grid; rho = 7 lies between (smaller last step of std)
+    std1 = SDE.noise_std(fast.time_grid(SDE, 8, 5e-3, "power", rho=1.0))
+    np.testing.assert_allclose(jnp.diff(std1), jnp.full((8,), jnp.diff(std1)[0]), rtol=1e-3)
+    np.testing.assert_allclose(
+        fast.time_grid(SDE, 8, 5e-3, "power", rho=1e4), fast.time_grid(SDE, 8, 5e-3, "log_std"), rtol=2e-3
+    )
+    last = [
+        float(SDE.noise_std(g[-2]) - SDE.noise_std(g[-1]))
+        for g in (fast.time_grid(SDE, 8, 5e-3, sp) for sp in ("log_std", "power"))
+    ]
+    assert last[1] > last[0] and float(std1[-2] - std1[-1]) > last[1]
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_grid_cores_equal_the_samplers_and_compile_once(order):
+    # The samplers are their grid core on time_grid; a jitted core with the grid as an argument serves
+    # every grid of one length from one compilation (what a schedule search needs).
+    hyv = MIXTURE.score_fn(DRIFT_SDE)
+    x_T = MIXTURE.sample_marginal(jax.random.key(3), DRIFT_SDE, DRIFT_SDE.T, (16, 4))
+    kw = dict(eta=0.7, n_steps=5, t_end=0.02, spacing="power", rho=3.0, denoise_steps=2)
+    sampler = {1: fast.ddim_sample, 2: fast.dpm2m_sample, 3: fast.dpm3m_sample}[order]
+    on_grid = fast.ddim_on_grid if order == 1 else functools.partial(fast.multistep_on_grid, order=order)
+    core = jax.jit(lambda ts, eta: on_grid(jax.random.key(8), hyv, x_T, DRIFT_SDE, ts, eta=eta, denoise_steps=2))
+    ts = fast.time_grid(DRIFT_SDE, 5, 0.02, "power", 3.0)
+    np.testing.assert_allclose(core(ts, 0.7), _run(sampler, jax.random.key(8), hyv, x_T, DRIFT_SDE, **kw), rtol=1e-5)
+    other = core(fast.time_grid(DRIFT_SDE, 5, 0.05, "log_std"), 0.3)
+    assert core._cache_size() == 1 and not np.allclose(other, core(ts, 0.7))
+    if order == 1:
+        np.testing.assert_allclose(  # order 1 of the multistep core is ddim at eta 0 and 1
+            jax.jit(
+                lambda ts: fast.multistep_on_grid(
+                    jax.random.key(8), hyv, x_T, DRIFT_SDE, ts, order=1, eta=1.0, denoise_steps=2
+                )
+            )(ts),
+            core(ts, 1.0),
+            rtol=1e-5,
+        )
 
 
 def test_tweedie_iterations_climb_to_the_mode():
@@ -197,6 +313,8 @@ def test_intermediate_marginal_matches_closed_form(eta):
         (dict(denoise_steps=-1), "denoise_steps"),
         (dict(t_end=0.0), "t_end"),
         (dict(spacing="cosine"), "spacing"),
+        (dict(spacing="power", rho=0.0), "rho"),
+        (dict(rho=float("inf")), "rho"),
     ],
 )
 def test_bad_arguments(solver, kwargs, message):
@@ -230,6 +348,7 @@ def test_config_accepts_fast_samplers_and_counts_evaluations(method):
         ("denoise_steps", -1),
         ("n_steps", 0),
         ("spacing", "cosine"),
+        ("rho", -1.0),
     ],
 )
 def test_config_errors_name_the_field(field, value):

@@ -8,7 +8,7 @@ Importing this package registers the built-in samplers:
 | ``sign_agnostic`` | gbm | :mod:`~dale_langevin.samplers.sde` | ``n_steps * n_inner + denoise_steps`` |
 | ``euler_maruyama`` | ve, vp | :mod:`~dale_langevin.samplers.sde` | ``n_steps * n_inner + denoise_steps`` |
 | ``ode`` | gbm | :mod:`~dale_langevin.samplers.ode` | ``n_steps * (1 or 2) + denoise`` |
-| ``ddim``, ``dpm2m`` | gbm | :mod:`~dale_langevin.samplers.few_step` | ``n_steps + denoise_steps`` |
+| ``ddim``, ``dpm2m``, ``dpm3m`` | gbm | :mod:`~dale_langevin.samplers.few_step` | ``n_steps + denoise_steps`` |
 
 ``sample(rng, score_fn, x_T, process, method=..., **settings)`` runs any of them.
 """

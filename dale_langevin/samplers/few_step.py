@@ -1,4 +1,4 @@
-"""Stochastic few-step samplers of GBM in log space: DDIM with ``eta`` (ancestral at 1) and SDE-DPM-Solver-2M.
+"""Stochastic few-step samplers of GBM in log space: DDIM with ``eta`` (ancestral at 1), SDE-DPM-Solver-2M and -3M.
 
 With ``y = log x`` and ``z = y - D(t)`` (``D = int_0^t (mu - sigma**2/2)``, :meth:`GBM.log_drift`) the
 forward process is variance exploding: ``z_t = y_0 + std_t eps`` with ``std_t**2 = v_t``. Given the
@@ -10,11 +10,13 @@ denoised estimate ``y0 = z + v_t (h + 1)`` (Tweedie in log space) and its noise
 ``eta = 0`` is deterministic and equals DPM-Solver-1 on the probability-flow ODE
 (:mod:`dale_langevin.samplers.ode`); ``eta = 1`` draws from the Gaussian posterior
 ``z_s | z_t, y0 ~ N(y0 + (v_s/v_t)(z_t - y0), v_s (v_t - v_s) / v_t)`` (ancestral sampling, DDPM for
-VE). ``dpm2m`` (second order, multistep) integrates the same reverse SDE exactly for ``y0`` linear
-in ``-log std``, fitted through the last two estimates. Both cost one score evaluation per step and
-move ``log x``, so outputs stay > 0. The grid is :func:`dale_langevin.samplers.ode.ode_time_grid` from ``T``
-down to ``t_end > 0``, followed by ``denoise_steps`` Tweedie updates at ``t_end``
-(:func:`tweedie_iterations`). Shapes: ``x`` ``(B, ...)``; ``score_fn(x, t)`` with ``t`` ``(B,)`` as in
+VE). ``dpm2m`` and ``dpm3m`` (multistep, second and third order) integrate the same reverse SDE
+exactly for ``y0`` a polynomial in ``-log std`` (linear, quadratic) fitted through the last two or
+three estimates. All cost one score evaluation per step and move ``log x``, so outputs stay > 0. The
+grid (:func:`time_grid`) runs from ``T`` down to ``t_end > 0``, followed by ``denoise_steps`` Tweedie
+updates at ``t_end`` (:func:`tweedie_iterations`); :func:`ddim_on_grid` and :func:`multistep_on_grid`
+take any grid as an array, so a notebook or a schedule search varies it without recompiling.
+Shapes: ``x`` ``(B, ...)``; ``score_fn(x, t)`` with ``t`` ``(B,)`` as in
 :func:`dale_langevin.samplers.sample`.
 """
 
@@ -23,10 +25,27 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dale_langevin.checks import check_int, check_range
+from dale_langevin.checks import check_choice, check_int, check_range
 from dale_langevin.processes.base import MultiplicativeProcess, ScoreFn
 from dale_langevin.samplers import ode, registry
 from dale_langevin.samplers.ode import denoised_log
+
+SPACINGS = (*ode.SPACINGS, "power")
+ORDERS = (1, 2, 3)
+
+
+def time_grid(process: MultiplicativeProcess, n_steps: int, t_end: float, spacing: str = "log_std", rho: float = 7.0):
+    """``n_steps + 1`` decreasing times from ``T`` to ``t_end`` ``(n_steps + 1,)``.
+
+    ``uniform`` and ``log_std`` as :func:`dale_langevin.samplers.ode.ode_time_grid`; ``power``: equal
+    steps of ``std_t ** (1 / rho)`` (Karras et al.'s grid), which is uniform in ``std`` at ``rho = 1``
+    and tends to ``log_std`` as ``rho`` grows; a larger ``rho`` puts more steps at low noise.
+    """
+    if spacing != "power":
+        return ode.ode_time_grid(process, n_steps, t_end, spacing)
+    hi, lo = process.noise_std(process.T) ** (1.0 / rho), process.noise_std(t_end) ** (1.0 / rho)
+    std = (hi + jnp.linspace(0.0, 1.0, n_steps + 1) * (lo - hi)) ** rho
+    return process.time_from_log_var(std**2).at[0].set(process.T).at[-1].set(t_end)
 
 
 def ddim_coefficients(std_t, std_s, eta):
@@ -50,14 +69,22 @@ def ddim_step(z_t: jax.Array, y0: jax.Array, std_t, std_s, eta, noise: jax.Array
 
 
 def check(
-    process: MultiplicativeProcess, *, eta: float, n_steps: int, t_end: float, spacing: str, denoise_steps: int
+    process: MultiplicativeProcess,
+    *,
+    eta: float,
+    n_steps: int,
+    t_end: float,
+    spacing: str,
+    rho: float,
+    denoise_steps: int,
 ) -> None:
-    """Raises ``ValueError`` naming the first bad setting of :func:`ddim_sample` / :func:`dpm2m_sample`."""
+    """Raises ``ValueError`` naming the first bad setting of :func:`ddim_sample`, :func:`dpm2m_sample`, :func:`dpm3m_sample`."""
     check_int(n_steps, "n_steps", 1)
     check_int(denoise_steps, "denoise_steps", 0)
     check_range(eta, "eta", 0.0, 1.0, why="(0: probability-flow ODE, 1: reverse SDE)")
     check_range(t_end, "t_end", 0.0, process.T, low_open=True, high_open=True, why="(the score is singular at 0)")
-    ode.check_spacing(spacing)
+    check_choice(spacing, SPACINGS, "spacing")
+    check_range(rho, "rho", 0.0, float("inf"), low_open=True, high_open=True, why="(the power grid's exponent)")
 
 
 def tweedie_iterations(y: jax.Array, t: float, score_fn: ScoreFn, process: MultiplicativeProcess, n: int) -> jax.Array:
@@ -77,38 +104,25 @@ def tweedie_iterations(y: jax.Array, t: float, score_fn: ScoreFn, process: Multi
     return z
 
 
-def ddim_sample(
+def ddim_on_grid(
     rng: jax.Array,
     score_fn: ScoreFn,
     x_T: jax.Array,
     process: MultiplicativeProcess,
+    ts: jax.Array,
     *,
-    eta: float = 1.0,
-    n_steps: int = 50,
-    t_end: float = 5e-3,
-    spacing: str = "log_std",
+    eta: float | jax.Array = 1.0,
     denoise_steps: int = 10,
     return_trajectory: bool = False,
 ):
-    """Runs ``n_steps`` DDIM steps from ``x_T`` ``(B, ...)`` at ``T`` down to ``t_end``; returns ``x_0`` ``(B, ...)``, > 0.
+    """DDIM steps along the decreasing times ``ts`` ``(n + 1,)`` (``ts[0]`` the start's time, ``ts[-1] > 0``), then
+    ``denoise_steps`` Tweedie updates at ``ts[-1]``; returns ``x_0`` ``(B, ...)``, > 0 (and the trajectory
+    ``(n, B, ...)`` if asked).
 
-    Args:
-      rng: a PRNG key, split into one key per step (under ``pmap``, one key per device).
-      score_fn: the Hyvarinen score ``score_fn(x, t)``, ``x`` ``(B, ...)``, ``t`` ``(B,)``.
-      x_T: start, > 0 (e.g. a fitted log-normal prior sample).
-      process: the :class:`~dale_langevin.processes.gbm.GBM` forward process.
-      eta: noise fraction in [0, 1]: 0 deterministic (= ``ode`` solver ``dpm1``), 1 ancestral.
-      n_steps: steps on :func:`~dale_langevin.samplers.ode.ode_time_grid` (``spacing`` ``log_std`` or ``uniform``).
-      t_end: the last grid time, > 0.
-      denoise_steps: Tweedie updates at ``t_end`` (:func:`tweedie_iterations`): 1 is the posterior
-        mean, more sharpen (10 as the demo's Dale-Langevin sampler), 0 returns the state at ``t_end``.
-      return_trajectory: also return the state after every step, ``(n_steps, B, ...)``.
-
-    Network evaluations: ``n_steps + denoise_steps`` (:func:`network_evaluations`). One ``lax.scan``.
+    ``ts`` and ``eta`` may be traced (one compilation serves every grid of the same length); nothing is
+    checked here: :func:`ddim_sample` checks its settings and builds the grid. One ``lax.scan``.
     """
-    check(process, eta=eta, n_steps=n_steps, t_end=t_end, spacing=spacing, denoise_steps=denoise_steps)
-    ts = ode.ode_time_grid(process, n_steps, t_end, spacing)
-    batch = x_T.shape[0]
+    batch, n_steps = x_T.shape[0], ts.shape[0] - 1
 
     def body(y, inputs):
         t, s, key = inputs
@@ -120,27 +134,11 @@ def ddim_sample(
 
     keys = jax.random.split(rng, n_steps)
     y, trajectory = jax.lax.scan(body, jnp.log(x_T), (ts[:-1], ts[1:], keys))
-    x = jnp.exp(tweedie_iterations(y, t_end, score_fn, process, denoise_steps))
+    x = jnp.exp(tweedie_iterations(y, ts[-1], score_fn, process, denoise_steps))
     return (x, trajectory) if return_trajectory else x
 
 
-def multistep_coefficients(std_t, std_s, eta):
-    """``(a, b, g, c)`` of one SDE-DPM-Solver-2M step ``z_s = a z_t + b y0 + g slope + c n`` (scalars).
-
-    The step integrates ``dz = (1 + eta**2) (z - y0) dstd / std`` (plus noise ``eta``), the reverse SDE
-    family with the marginals of ``z``, exactly for ``y0`` linear in ``lambda = -log std``:
-    ``a = r**k``, ``b = 1 - a``, ``g = h - b / k``, ``c = std_s sqrt(1 - r**(2 eta**2))`` with
-    ``r = std_s / std_t``, ``h = log(std_t / std_s)``, ``k = 1 + eta**2``. ``slope`` is ``d y0 / d lambda``.
-    """
-    k = 1.0 + eta**2
-    h = jnp.log(std_t / std_s)
-    a = jnp.exp(-k * h)
-    g = h - (1.0 - a) / k
-    c = std_s * jnp.sqrt(jnp.maximum(-jnp.expm1(-2.0 * eta**2 * h), 0.0))
-    return a, 1.0 - a, g, c
-
-
-def dpm2m_sample(
+def ddim_sample(
     rng: jax.Array,
     score_fn: ScoreFn,
     x_T: jax.Array,
@@ -150,9 +148,141 @@ def dpm2m_sample(
     n_steps: int = 50,
     t_end: float = 5e-3,
     spacing: str = "log_std",
+    rho: float = 7.0,
     denoise_steps: int = 10,
     return_trajectory: bool = False,
 ):
+    """Runs ``n_steps`` DDIM steps from ``x_T`` ``(B, ...)`` at ``T`` down to ``t_end``; returns ``x_0`` ``(B, ...)``, > 0.
+
+    Args:
+      rng: a PRNG key, split into one key per step (under ``pmap``, one key per device).
+      score_fn: the Hyvarinen score ``score_fn(x, t)``, ``x`` ``(B, ...)``, ``t`` ``(B,)``.
+      x_T: start, > 0 (e.g. a fitted log-normal prior sample).
+      process: the :class:`~dale_langevin.processes.gbm.GBM` forward process.
+      eta: noise fraction in [0, 1]: 0 deterministic (= ``ode`` solver ``dpm1``), 1 ancestral.
+      n_steps: steps on :func:`time_grid`.
+      t_end: the last grid time, > 0.
+      spacing: the grid, ``log_std`` (equal steps of ``log std``), ``uniform`` in ``t`` or ``power``.
+      rho: the ``power`` grid's exponent (ignored by the others).
+      denoise_steps: Tweedie updates at ``t_end`` (:func:`tweedie_iterations`): 1 is the posterior
+        mean, more sharpen (10 as the demo's Dale-Langevin sampler), 0 returns the state at ``t_end``.
+      return_trajectory: also return the state after every step, ``(n_steps, B, ...)``.
+
+    Network evaluations: ``n_steps + denoise_steps`` (:func:`network_evaluations`).
+    """
+    check(process, eta=eta, n_steps=n_steps, t_end=t_end, spacing=spacing, rho=rho, denoise_steps=denoise_steps)
+    ts = time_grid(process, n_steps, t_end, spacing, rho)
+    return ddim_on_grid(
+        rng, score_fn, x_T, process, ts, eta=eta, denoise_steps=denoise_steps, return_trajectory=return_trajectory
+    )
+
+
+def multistep_coefficients(std_t, std_s, eta):
+    """``(a, b, g, q, c)`` of one multistep step ``z_s = a z_t + b y0 + g y0' + q y0'' + c n`` (scalars).
+
+    The step integrates ``dz = (1 + eta**2) (z - y0) dstd / std`` (plus noise ``eta``), the reverse SDE
+    family with the marginals of ``z``, exactly for ``y0`` quadratic in ``lambda = -log std``, with
+    ``y0'`` and ``y0''`` its first and second derivatives in ``lambda`` at ``t``:
+    ``a = r**k``, ``b = 1 - a``, ``g = h - b / k``, ``q = h**2 / 2 - h / k + b / k**2`` and
+    ``c = std_s sqrt(1 - r**(2 eta**2))``, with ``r = std_s / std_t``, ``h = log(std_t / std_s)``,
+    ``k = 1 + eta**2`` (``g`` and ``q`` are ``int_0^h k e^{-k (h - u)} u^j / j! du``).
+    """
+    k = 1.0 + eta**2
+    h = jnp.log(std_t / std_s)
+    b = -jnp.expm1(-k * h)
+    g = h - b / k
+    q = 0.5 * h**2 - h / k + b / k**2
+    c = std_s * jnp.sqrt(jnp.maximum(-jnp.expm1(-2.0 * eta**2 * h), 0.0))
+    return 1.0 - b, b, g, q, c
+
+
+def multistep_on_grid(
+    rng: jax.Array,
+    score_fn: ScoreFn,
+    x_T: jax.Array,
+    process: MultiplicativeProcess,
+    ts: jax.Array,
+    *,
+    order: int = 2,
+    eta: float | jax.Array = 1.0,
+    denoise_steps: int = 10,
+    return_trajectory: bool = False,
+):
+    """Multistep SDE-DPM-Solver of ``order`` 1-3 along the decreasing times ``ts`` ``(n + 1,)``, then ``denoise_steps``
+    Tweedie updates at ``ts[-1]``; returns ``x_0`` ``(B, ...)``, > 0 (and the trajectory ``(n, B, ...)`` if asked).
+
+    Step ``i`` fits ``y0`` (the denoised estimate) as a polynomial in ``lambda = -log std_t`` through the
+    estimates of its last ``min(order, i + 1)`` steps (Newton's divided differences on the uneven
+    ``lambda`` grid) and integrates it exactly (:func:`multistep_coefficients`): one score evaluation
+    per step whatever the order. Order 1 is :func:`ddim_on_grid` at ``eta`` 0 and 1. ``ts`` and ``eta``
+    may be traced; nothing is checked here (:func:`dpm2m_sample` does). One ``lax.scan``.
+    """
+    check_choice(order, ORDERS, "order")
+    batch, n_steps = x_T.shape[0], ts.shape[0] - 1
+    lam = -jnp.log(process.noise_std(ts))
+    ones = jnp.ones((2,))
+    # lambda gaps to the previous one and two estimates; 1 where there is none (the term is masked there)
+    gap1 = jnp.concatenate([ones[:1], lam[1:-1] - lam[:-2]])
+    gap2 = jnp.concatenate([ones, lam[2:-1] - lam[:-3]])[:n_steps]
+    index = jnp.arange(n_steps)
+
+    def body(carry, inputs):
+        y, y0_prev, d1_prev = carry
+        t, s, r1, r2, i, key = inputs
+        y0 = denoised_log(y, jnp.full((batch,), t), score_fn, process)
+        d1 = jnp.where((i >= 1) & (order >= 2), (y0 - y0_prev) / r1, 0.0)  # first divided difference
+        dd = jnp.where((i >= 2) & (order >= 3), (d1 - d1_prev) / r2, 0.0)  # second divided difference
+        # y0(lambda_t + u) = y0 + (d1 + dd r1) u + dd u^2: slope and second derivative at t
+        a, b, g, q, c = multistep_coefficients(process.noise_std(t), process.noise_std(s), eta)
+        noise = jax.random.normal(key, y.shape, y.dtype)
+        z_s = a * (y - process.log_drift(t)) + b * y0 + g * (d1 + dd * r1) + q * (2.0 * dd) + c * noise
+        y = z_s + process.log_drift(s)
+        return (y, y0, d1), (jnp.exp(y) if return_trajectory else None)
+
+    keys = jax.random.split(rng, n_steps)
+    y_T = jnp.log(x_T)
+    init = (y_T, jnp.zeros_like(y_T), jnp.zeros_like(y_T))
+    (y, _, _), trajectory = jax.lax.scan(body, init, (ts[:-1], ts[1:], gap1, gap2, index, keys))
+    x = jnp.exp(tweedie_iterations(y, ts[-1], score_fn, process, denoise_steps))
+    return (x, trajectory) if return_trajectory else x
+
+
+def _multistep_sample(order: int, doc: str):
+    def sample(
+        rng: jax.Array,
+        score_fn: ScoreFn,
+        x_T: jax.Array,
+        process: MultiplicativeProcess,
+        *,
+        eta: float = 1.0,
+        n_steps: int = 50,
+        t_end: float = 5e-3,
+        spacing: str = "log_std",
+        rho: float = 7.0,
+        denoise_steps: int = 10,
+        return_trajectory: bool = False,
+    ):
+        check(process, eta=eta, n_steps=n_steps, t_end=t_end, spacing=spacing, rho=rho, denoise_steps=denoise_steps)
+        ts = time_grid(process, n_steps, t_end, spacing, rho)
+        return multistep_on_grid(
+            rng,
+            score_fn,
+            x_T,
+            process,
+            ts,
+            order=order,
+            eta=eta,
+            denoise_steps=denoise_steps,
+            return_trajectory=return_trajectory,
+        )
+
+    sample.__name__ = sample.__qualname__ = f"dpm{order}m_sample"
+    sample.__doc__ = doc
+    return sample
+
+
+dpm2m_sample = _multistep_sample(
+    2,
     """Second-order multistep stochastic sampler (SDE-DPM-Solver-2M in drift-free log space); ``x_0`` ``(B, ...)``, > 0.
 
     One score evaluation per step, like :func:`ddim_sample` (same arguments and grid): the denoised
@@ -160,39 +290,27 @@ def dpm2m_sample(
     only one: first order), which :func:`multistep_coefficients` integrates exactly. ``eta = 1``
     uses the reverse SDE (its first-order part is the ancestral step), ``eta = 0`` the
     probability-flow ODE (then it is DPM-Solver++(2M)); in between the SDE with noise scale ``eta``.
-    Network evaluations: ``n_steps + denoise_steps``.
-    """
-    check(process, eta=eta, n_steps=n_steps, t_end=t_end, spacing=spacing, denoise_steps=denoise_steps)
-    ts = ode.ode_time_grid(process, n_steps, t_end, spacing)
-    batch = x_T.shape[0]
-    lam = -jnp.log(process.noise_std(ts))
-    # lambda gap to the previous step's time; the first step has none (1 avoids a 0/0 there)
-    lam_gap = jnp.concatenate([jnp.ones((1,)), lam[1:-1] - lam[:-2]])
-    first = jnp.arange(n_steps) == 0
+    Network evaluations: ``n_steps + denoise_steps``. The core is :func:`multistep_on_grid`.
+    """,
+)
+dpm3m_sample = _multistep_sample(
+    3,
+    """Third-order multistep stochastic sampler (SDE-DPM-Solver-3M in drift-free log space); ``x_0`` ``(B, ...)``, > 0.
 
-    def body(carry, inputs):
-        y, y0_prev = carry
-        t, s, gap, is_first, key = inputs
-        y0 = denoised_log(y, jnp.full((batch,), t), score_fn, process)
-        slope = jnp.where(is_first, 0.0, (y0 - y0_prev) / gap)  # d y0 / d lambda, backward difference
-        a, b, g, c = multistep_coefficients(process.noise_std(t), process.noise_std(s), eta)
-        noise = jax.random.normal(key, y.shape, y.dtype)
-        y = a * (y - process.log_drift(t)) + b * y0 + g * slope + c * noise + process.log_drift(s)
-        return (y, y0), (jnp.exp(y) if return_trajectory else None)
-
-    keys = jax.random.split(rng, n_steps)
-    y_T = jnp.log(x_T)
-    (y, _), trajectory = jax.lax.scan(body, (y_T, jnp.zeros_like(y_T)), (ts[:-1], ts[1:], lam_gap, first, keys))
-    x = jnp.exp(tweedie_iterations(y, t_end, score_fn, process, denoise_steps))
-    return (x, trajectory) if return_trajectory else x
+    As :func:`dpm2m_sample` (same arguments, grid and cost), with ``y0`` quadratic in ``lambda`` through the
+    last three estimates (the first two steps have fewer: first, then second order). At ``eta = 0``
+    it is DPM-Solver++(3M) on the probability-flow ODE, third order. Network evaluations:
+    ``n_steps + denoise_steps``.
+    """,
+)
 
 
 def network_evaluations(*, n_steps: int, denoise_steps: int, **_) -> int:
-    """Score evaluations per sample of :func:`ddim_sample` and :func:`dpm2m_sample`: ``n_steps + denoise_steps``."""
+    """Score evaluations per sample of :func:`ddim_sample`, :func:`dpm2m_sample`, :func:`dpm3m_sample`: ``n_steps + denoise_steps``."""
     return n_steps + denoise_steps
 
 
-for _name, _fn in (("ddim", ddim_sample), ("dpm2m", dpm2m_sample)):
+for _name, _fn in (("ddim", ddim_sample), ("dpm2m", dpm2m_sample), ("dpm3m", dpm3m_sample)):
     registry.register(
         _name,
         _fn,
