@@ -289,3 +289,19 @@ def test_micro_run_writes_a_table_with_every_row(tmp_path):
     again = main.run(c, str(tmp_path), "ablate")
     np.testing.assert_array_equal([r["fid"] for r in again["rows"]], [r["fid"] for r in result["rows"]])
     assert sum("training" in line for line in logs) == len(ablations.trainings(c))
+
+
+def test_a_row_reuses_its_trainings_prior_fit_only_for_the_same_process():
+    # The prior fits cached with a training are of its process at T: a row that samples another process, or the same
+    # process with another setting (VE's sigma_max), must fit its own.
+    c = load_config("ablation_cpu")
+    rows = {r.name: r for r in ablations.grid(c)}
+    for name in ("ve_euler_maruyama", "ve_snr_scalar_prior", "gbm_ode", "weighting_noise"):
+        row = rows[name]
+        assert ablations.shares_prior_fit(ablations.row_config(c, row), ablations.training_config(c, row.training))
+    log_ve = rows["log_ve_euler_maruyama"]
+    assert not ablations.shares_prior_fit(
+        ablations.row_config(c, log_ve), ablations.training_config(c, log_ve.training)
+    )
+    other = ablations.Row("ve_net_at_2_25", "ve", "process", "euler_maruyama", (("process.ve.sigma_max", 2.25),))
+    assert not ablations.shares_prior_fit(ablations.row_config(c, other), ablations.training_config(c, "ve"))

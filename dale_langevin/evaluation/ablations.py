@@ -247,6 +247,12 @@ def validate(config) -> list[Row]:
     return rows
 
 
+def shares_prior_fit(row_cfg, trained_cfg) -> bool:
+    """Whether a row samples its training's very process (name and every setting of the selected process group), so
+    that the prior fits cached in the training's folder (:func:`generate.start_stats`) are the row's too."""
+    return _selected(row_cfg)["process"] == _selected(trained_cfg)["process"]
+
+
 def check_process_change(trained, sampled) -> None:
     """Raises ``ValueError`` unless the network trained under config ``trained`` is valid under ``sampled``'s process.
 
@@ -312,10 +318,10 @@ def sample_draw(config, workdir: Workdir, row: Row, n_steps: int | None, seed: i
         return cached
     train_dir = workdir.ablation_training(row.training)
     process, model = config_lib.make_process(cfg), config_lib.make_model(cfg)
-    # A row may sample its training's network under another process (log-space VE reads GBM's network):
-    # the training folder's prior fits are then in the wrong domain, so fit afresh and keep nothing.
-    same_process = cfg.process.name == trained.process.name
-    stats = generate.start_stats(cfg, process, train_dir if same_process else None, write=parallel.is_chief())
+    # A row may sample its training's network under another process or process setting (log-space VE reads
+    # GBM's network): the training folder's prior fits are then of another law at T, so fit afresh, keep nothing.
+    shared = shares_prior_fit(cfg, trained)
+    stats = generate.start_stats(cfg, process, train_dir if shared else None, write=parallel.is_chief())
     params = state_lib.restore_latest(cfg, train_dir).ema_params
     t_sample = time.perf_counter()
     rng = jax.random.fold_in(jax.random.key(cfg.seed + 1), seed)
