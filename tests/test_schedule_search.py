@@ -86,25 +86,42 @@ def test_draw_equals_the_pipeline_sampler():
         ss.draw(c, process, model, params, stats, dataclasses.replace(cand, eta=2.0), rng, 6)
 
 
-class _PixelFeatures:
-    """A scorer stand-in whose features are 8 fixed pixel sums (HeldOut only needs ``train_u`` and ``features``)."""
-
-    def __init__(self, n=300):
-        self.train_u = np.random.default_rng(0).uniform(size=(n, 4, 4, 1)).astype(np.float32)
-
-    def features(self, images):
-        flat = images.reshape(len(images), -1)
-        return None, np.stack([flat[:, i::8].sum(1) for i in range(8)], axis=1)
+def _pixel_features(images):
+    """8 fixed pixel sums per image: a feature extractor for the objective's wiring."""
+    flat = images.reshape(len(images), -1)
+    return np.stack([flat[:, i::8].sum(1) for i in range(8)], axis=1)
 
 
-def test_held_out_reference_is_the_last_training_images():
-    scorer = _PixelFeatures()
-    held = ss.HeldOut(scorer, n_reference=200)
-    assert held.fid(scorer.train_u[-200:]) == pytest.approx(0.0, abs=1e-6)  # the reference itself
-    # the first 100 training images are the same law but other draws; a shifted set is far
-    assert 0 < held.fid(scorer.train_u[:100]) < held.fid(scorer.train_u[:100] + 0.2)
-    bad = scorer.train_u[:10].copy()
+def test_held_out_fid_is_against_the_reference_images():
+    images = np.random.default_rng(0).uniform(size=(300, 4, 4, 1)).astype(np.float32)
+    held = ss.HeldOut(_pixel_features, images[-200:])
+    assert held.fid(images[-200:]) == pytest.approx(0.0, abs=1e-6)  # the reference itself
+    # other draws of the same law are near; a shifted set is far
+    assert 0 < held.fid(images[:100]) < held.fid(images[:100] + 0.2)
+    bad = images[:10].copy()
     bad[1:] = np.nan
     assert held.fid(bad) == float("inf")
+    with pytest.raises(ValueError, match="at least 2"):
+        ss.HeldOut(_pixel_features, images[:1])
+
+
+def test_held_out_for_a_run_trains_its_classifier_without_the_held_out_images(tmp_path, monkeypatch):
+    # The search's extractor must not have seen its reference: the classifier trains on the split less its
+    # last n_reference images, and is cached per n_reference.
+    c = config_lib.default_config()
+    c.data.dataset = "embedded_mnist"
+    c.eval.classifier_epochs = 1
+    seen = {}
+    real = ss.classifier.load_or_train
+
+    def spy(directory, images, labels, **kw):
+        seen["directory"], seen["n"] = directory, len(images)
+        return real(directory, images, labels, **kw)
+
+    monkeypatch.setattr(ss.classifier, "load_or_train", spy)
+    held = ss.held_out_for(c, str(tmp_path), n_reference=300, log=lambda *_: None)
+    n_train = len(ss.data.load_arrays("embedded_mnist", "train")[0])
+    assert seen["n"] == n_train - 300 and seen["directory"].name == "search_classifier_300"
+    chex.assert_shape((held.mu, held.sigma), [(held.mu.shape[0],), (held.mu.shape[0],) * 2])
     with pytest.raises(ValueError, match="n_reference"):
-        ss.HeldOut(scorer, n_reference=301)
+        ss.held_out_for(c, str(tmp_path), n_reference=n_train)

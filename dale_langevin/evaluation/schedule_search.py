@@ -6,10 +6,12 @@ steps and how many to Tweedie updates at the end (``split``), where the grid end
 is spaced (``grid``: ``log_std``, or ``power`` with its ``rho``), how much noise the steps inject
 (``eta``) and the solver itself (``method``). :func:`search` tunes them by coordinate descent: from a
 start, each axis in turn is swept with the others held, and the best value is kept, for ``passes``
-passes. A candidate's score is the offline feature FID of its samples against **held-out training
-images** (the last ``n_reference`` of the training split, in the offline classifier's features;
-:class:`HeldOut`), drawn with sampling seeds of the search's own: the test split and the report's
-seeds play no part in the choice, so the test FID of the chosen settings is an honest figure.
+passes. A candidate's score is the feature FID of its samples against **held-out training images**
+(the last ``n_reference`` of the training split; :class:`HeldOut`), in the features of a classifier
+trained on the rest of the split, drawn with sampling seeds of the search's own: the test split and
+the report's seeds play no part in the choice, so the test FID of the chosen settings is an honest
+figure. (The evaluation protocol's classifier cannot serve: it was trained on those images, and FID
+in its features against them ranked candidates against the test FID; see docs/fast_samplers.md.)
 
 Every candidate with the same method, step count and Tweedie count shares one compiled program: the
 grid ``ts`` and ``eta`` are arguments of the grid cores
@@ -28,10 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from dale_langevin import samplers
-from dale_langevin.evaluation import metrics
-from dale_langevin.evaluation.evaluate import Scorer
+from dale_langevin.evaluation import classifier, metrics
 from dale_langevin.losses import network_score_fn
-from dale_langevin.pipeline import config as config_lib, generate, parallel
+from dale_langevin.pipeline import config as config_lib, data, generate, parallel
+from dale_langevin.pipeline.workdir import Workdir
 from dale_langevin.samplers import few_step
 
 METHODS = ("ddim", "dpm2m", "dpm3m")
@@ -127,27 +129,53 @@ def draw(config, process, model, params, stats: dict, candidate: Candidate, rng:
 
 
 class HeldOut:
-    """Offline feature FID against held-out training images: the search's objective.
+    """Feature FID against held-out images: the search's objective.
 
-    The reference is the last ``n_reference`` images of the training split in the features of the
-    work directory's offline classifier (:class:`~dale_langevin.evaluation.evaluate.Scorer`, trained
-    once and cached). ``scorer.score`` (against the test split) stays for the report.
+    Args:
+      features: ``features(images01 (N, H, W, C)) -> (N, D)``, the feature extractor.
+      reference: the held-out images ``(M, H, W, C)`` in [0, 1], ``M >= 2``; their features' mean and
+        covariance are the reference. The extractor must not have been trained on them.
+
+    :func:`held_out_for` builds the search's: the last ``n_reference`` training images, in the features
+    of a classifier trained on the others.
     """
 
-    def __init__(self, scorer: Scorer, n_reference: int = 1000):
-        if not 2 <= n_reference <= len(scorer.train_u):
-            raise ValueError(f"n_reference must be in [2, {len(scorer.train_u)}], got {n_reference}")
-        self.scorer = scorer
-        _, feats = scorer.features(scorer.train_u[-n_reference:])
-        self.mu, self.sigma = metrics.feature_stats(feats)
+    def __init__(self, features, reference: np.ndarray):
+        if len(reference) < 2:
+            raise ValueError(f"HeldOut needs at least 2 reference images, got {len(reference)}")
+        self.features = features
+        self.mu, self.sigma = metrics.feature_stats(features(reference))
 
     def fid(self, images01: np.ndarray) -> float:
         """FID of ``images01`` ``(N, H, W, C)`` in [0, 1] against the held-out images; inf if fewer than two are finite."""
         ok = generate.finite_samples(images01)
         if ok.sum() < 2:
             return float("inf")
-        _, feats = self.scorer.features(images01[ok])
-        return metrics.frechet_distance(*metrics.feature_stats(feats), self.mu, self.sigma)
+        return metrics.frechet_distance(*metrics.feature_stats(self.features(images01[ok])), self.mu, self.sigma)
+
+
+def held_out_for(config, workdir, n_reference: int = 500, log=print) -> HeldOut:
+    """The search's :class:`HeldOut` for a run: the last ``n_reference`` training images of ``config.data``, in the
+    features of the offline classifier architecture trained (once, cached in ``workdir.search_classifier``) on the
+    other training images, for ``config.eval.classifier_epochs`` epochs."""
+    d = config.data
+    x, y = data.load_arrays(d.dataset, "train", data_dir=d.data_dir, download=d.download)
+    if not 2 <= n_reference <= len(x) - 100:
+        raise ValueError(
+            f"n_reference must be in [2, {len(x) - 100}] (the classifier trains on the rest), got {n_reference}"
+        )
+    model, params, _ = classifier.load_or_train(
+        Workdir.of(workdir).search_classifier(n_reference),
+        x[:-n_reference],
+        y[:-n_reference],
+        num_classes=data.get_spec(d.dataset).num_classes,
+        epochs=config.eval.classifier_epochs,
+        seed=config.seed,
+        log=log,
+    )
+    return HeldOut(
+        lambda images01: classifier.predict(model, params, images01)[1], x[-n_reference:].astype(np.float32) / 255.0
+    )
 
 
 def search(

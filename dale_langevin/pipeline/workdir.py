@@ -146,6 +146,10 @@ class Workdir:
     def classifier(self) -> epath.Path:
         return self.root / "classifier"
 
+    def search_classifier(self, n_held_out: int) -> epath.Path:
+        """The schedule search's feature classifier, trained without the last ``n_held_out`` training images."""
+        return self.root / f"search_classifier_{n_held_out}"
+
     # ablation artefacts (``--mode=ablate``)
     def ablation_training(self, name: str) -> Workdir:
         """The run folder of ablation training ``name``."""
