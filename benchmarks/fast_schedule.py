@@ -5,7 +5,7 @@
 ``--workdir`` is a trained run (its checkpoints and cached prior fit; the offline classifier is
 trained there once if missing). The search (:func:`dale_langevin.evaluation.schedule_search.search`)
 draws ``--n_samples`` samples per candidate with sampling seed ``--search_seed`` and scores them against
-the last ``--n_reference`` training images, in the features of a classifier trained on the others.
+``--n_reference`` training images picked at random, in the features of a classifier trained on the others.
 The chosen settings and the start are then drawn with the report seeds ``--seeds`` and scored by the
 evaluation protocol (offline FID/KID against the test split, :class:`~dale_langevin.evaluation.evaluate.Scorer`),
 so the reported figures never took part in the choice.
@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
     p.add_argument("--nfe", type=int, default=10, help="network evaluations per sample (default 10)")
     p.add_argument("--method", default="dpm2m", help="the start's sampler: ddim, dpm2m or dpm3m (default dpm2m)")
     p.add_argument("--n_samples", type=int, default=256, help="samples per candidate and per report seed")
-    p.add_argument("--n_reference", type=int, default=500, help="held-out training images (the last ones)")
+    p.add_argument("--n_reference", type=int, default=500, help="held-out training images (a seeded random subset)")
     p.add_argument("--search_seed", type=int, default=1000, help="sampling seed of the search")
     p.add_argument("--seeds", default="0,1,2", help="report seeds, comma-separated (test split)")
     p.add_argument("--passes", type=int, default=2, help="coordinate-descent passes (default 2)")

@@ -106,8 +106,8 @@ def test_held_out_fid_is_against_the_reference_images():
 
 
 def test_held_out_for_a_run_trains_its_classifier_without_the_held_out_images(tmp_path, monkeypatch):
-    # The search's extractor must not have seen its reference: the classifier trains on the split less its
-    # last n_reference images, and is cached per n_reference.
+    # The search's extractor must not have seen its reference: the classifier trains on the split less a random
+    # n_reference of its images, and is cached per n_reference and seed.
     c = config_lib.default_config()
     c.data.dataset = "embedded_mnist"
     c.eval.classifier_epochs = 1
@@ -121,7 +121,17 @@ def test_held_out_for_a_run_trains_its_classifier_without_the_held_out_images(tm
     monkeypatch.setattr(ss.classifier, "load_or_train", spy)
     held = ss.held_out_for(c, str(tmp_path), n_reference=300, log=lambda *_: None)
     n_train = len(ss.data.load_arrays("embedded_mnist", "train")[0])
-    assert seen["n"] == n_train - 300 and seen["directory"].name == "search_classifier_300"
+    assert seen["n"] == n_train - 300 and seen["directory"].name == f"search_classifier_300_s{c.seed}"
     chex.assert_shape((held.mu, held.sigma), [(held.mu.shape[0],), (held.mu.shape[0],) * 2])
     with pytest.raises(ValueError, match="n_reference"):
         ss.held_out_for(c, str(tmp_path), n_reference=n_train)
+
+
+def test_held_out_images_are_a_random_subset_of_every_class():
+    # The embedded training split is stored sorted by class: its last 500 images are 8s and 9s.
+    _, labels = ss.data.load_arrays("embedded_mnist", "train")
+    idx = ss.held_out_indices(len(labels), 500, seed=0)
+    assert len(np.unique(idx)) == 500 and idx.max() < len(labels)
+    counts = np.bincount(labels[idx], minlength=10)
+    assert counts.min() > 25  # about 50 per class (measured 40-61 over seeds 0-4)
+    assert not np.array_equal(idx, ss.held_out_indices(len(labels), 500, seed=1))

@@ -7,8 +7,8 @@ is spaced (``grid``: ``log_std``, or ``power`` with its ``rho``), how much noise
 (``eta``) and the solver itself (``method``). :func:`search` tunes them by coordinate descent: from a
 start, each axis in turn is swept with the others held, and the best value is kept, for ``passes``
 passes. A candidate's score is the feature FID of its samples against **held-out training images**
-(the last ``n_reference`` of the training split; :class:`HeldOut`), in the features of a classifier
-trained on the rest of the split, drawn with sampling seeds of the search's own: the test split and
+(``n_reference`` of the training split picked at random; :class:`HeldOut`), in the features of a
+classifier trained on the rest of the split, drawn with sampling seeds of the search's own: the test split and
 the report's seeds play no part in the choice, so the test FID of the chosen settings is an honest
 figure. (The evaluation protocol's classifier cannot serve: it was trained on those images, and FID
 in its features against them ranked candidates against the test FID; see docs/fast_samplers.md.)
@@ -136,8 +136,8 @@ class HeldOut:
       reference: the held-out images ``(M, H, W, C)`` in [0, 1], ``M >= 2``; their features' mean and
         covariance are the reference. The extractor must not have been trained on them.
 
-    :func:`held_out_for` builds the search's: the last ``n_reference`` training images, in the features
-    of a classifier trained on the others.
+    :func:`held_out_for` builds the search's: ``n_reference`` training images picked at random
+    (:func:`held_out_indices`), in the features of a classifier trained on the others.
     """
 
     def __init__(self, features, reference: np.ndarray):
@@ -154,28 +154,35 @@ class HeldOut:
         return metrics.frechet_distance(*metrics.feature_stats(self.features(images01[ok])), self.mu, self.sigma)
 
 
+def held_out_indices(n_total: int, n_reference: int, seed: int) -> np.ndarray:
+    """``n_reference`` distinct indices ``(n_reference,)`` of ``range(n_total)``, drawn with ``seed``: a random subset, not
+    the last images (a split stored sorted by class, as the embedded digits are, would give one or two classes)."""
+    return np.sort(np.random.default_rng(seed).permutation(n_total)[:n_reference])
+
+
 def held_out_for(config, workdir, n_reference: int = 500, log=print) -> HeldOut:
-    """The search's :class:`HeldOut` for a run: the last ``n_reference`` training images of ``config.data``, in the
-    features of the offline classifier architecture trained (once, cached in ``workdir.search_classifier``) on the
-    other training images, for ``config.eval.classifier_epochs`` epochs."""
+    """The search's :class:`HeldOut` for a run: ``n_reference`` training images of ``config.data`` picked at random
+    (:func:`held_out_indices` with ``config.seed``), in the features of the offline classifier architecture trained
+    (once, cached in ``workdir.search_classifier``) on the other training images, ``config.eval.classifier_epochs``
+    epochs."""
     d = config.data
     x, y = data.load_arrays(d.dataset, "train", data_dir=d.data_dir, download=d.download)
     if not 2 <= n_reference <= len(x) - 100:
         raise ValueError(
             f"n_reference must be in [2, {len(x) - 100}] (the classifier trains on the rest), got {n_reference}"
         )
+    held = np.zeros(len(x), bool)
+    held[held_out_indices(len(x), n_reference, config.seed)] = True
     model, params, _ = classifier.load_or_train(
-        Workdir.of(workdir).search_classifier(n_reference),
-        x[:-n_reference],
-        y[:-n_reference],
+        Workdir.of(workdir).search_classifier(n_reference, config.seed),
+        x[~held],
+        y[~held],
         num_classes=data.get_spec(d.dataset).num_classes,
         epochs=config.eval.classifier_epochs,
         seed=config.seed,
         log=log,
     )
-    return HeldOut(
-        lambda images01: classifier.predict(model, params, images01)[1], x[-n_reference:].astype(np.float32) / 255.0
-    )
+    return HeldOut(lambda images01: classifier.predict(model, params, images01)[1], x[held].astype(np.float32) / 255.0)
 
 
 def search(

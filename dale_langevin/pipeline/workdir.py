@@ -146,9 +146,9 @@ class Workdir:
     def classifier(self) -> epath.Path:
         return self.root / "classifier"
 
-    def search_classifier(self, n_held_out: int) -> epath.Path:
-        """The schedule search's feature classifier, trained without the last ``n_held_out`` training images."""
-        return self.root / f"search_classifier_{n_held_out}"
+    def search_classifier(self, n_held_out: int, seed: int) -> epath.Path:
+        """The schedule search's feature classifier, trained without ``n_held_out`` training images drawn with ``seed``."""
+        return self.root / f"search_classifier_{n_held_out}_s{seed}"
 
     # ablation artefacts (``--mode=ablate``)
     def ablation_training(self, name: str) -> Workdir:
