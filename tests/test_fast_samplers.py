@@ -356,13 +356,11 @@ def test_config_errors_name_the_field(field, value):
         config_lib.validate(_config(**{field: value}))
 
 
-def test_generate_runs_the_fast_samplers():
-    # The pipeline path, pmapped over the test's 2 host devices, with a tiny U-Net and random weights
-    # (numpy draws: no per-leaf compiles). Same key, so the same starts for every run below.
-    c = _config(n_steps=3)
+def tiny_model(c):
+    """``(process, model, params, stats)`` for config ``c`` shrunk in place to a tiny U-Net (8 channels) and sampling
+    batch 4: random weights drawn by numpy (no per-leaf compiles) and a unit per-pixel prior for 28x28x1 images."""
     c.sampling.batch_size = 4
     c.model.unet.update(channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
-    config_lib.validate(c)
     process, model = config_lib.make_process(c), config_lib.make_model(c)
     shape = (28, 28, 1)
     like = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), jnp.zeros((1,)), train=False))
@@ -376,6 +374,16 @@ def test_generate_runs_the_fast_samplers():
         scalar_scale=np.float32(1.0),
         class_means=np.ones((10, *shape), np.float32),
     )
+    return process, model, params, stats
+
+
+def test_generate_runs_the_fast_samplers():
+    # The pipeline path, pmapped over the test's 2 host devices, with a tiny U-Net and random weights
+    # (numpy draws: no per-leaf compiles). Same key, so the same starts for every run below.
+    c = _config(n_steps=3)
+    process, model, params, stats = tiny_model(c)
+    config_lib.validate(c)
+    shape = (28, 28, 1)
 
     def raw(method, **settings):
         c.sampling.method = method

@@ -4,9 +4,9 @@ import dataclasses
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_fast_samplers import tiny_model
 
 from dale_langevin.evaluation import schedule_search as ss
 from dale_langevin.pipeline import config as config_lib, generate
@@ -58,21 +58,8 @@ def test_draw_equals_the_pipeline_sampler():
     # draws with the registered sampler and the same settings and key; tiny U-Net, random weights.
     c = config_lib.default_config()
     c.data.dataset = "embedded_mnist"
-    c.sampling.batch_size = 4
-    c.model.unet.update(channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
-    process, model = config_lib.make_process(c), config_lib.make_model(c)
+    process, model, params, stats = tiny_model(c)
     shape = (28, 28, 1)
-    like = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), jnp.zeros((1,)), train=False))
-    leaves, treedef = jax.tree.flatten(like)
-    draw = np.random.default_rng(0)
-    params = jax.tree.unflatten(treedef, [(0.05 * draw.standard_normal(a.shape)).astype(a.dtype) for a in leaves])
-    stats = dict(
-        pixel_loc=np.zeros(shape, np.float32),
-        pixel_scale=np.ones(shape, np.float32),
-        scalar_loc=np.float32(0.0),
-        scalar_scale=np.float32(1.0),
-        class_means=np.ones((10, *shape), np.float32),
-    )
     cand = ss.Candidate(method="dpm3m", n_steps=3, denoise_steps=1, t_end=0.02, spacing="power", rho=3.0, eta=0.7)
     c.sampling.method = cand.method
     c.sampling[cand.method].update(cand.settings())
