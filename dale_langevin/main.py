@@ -1,4 +1,4 @@
-"""Entry point: ``python -m dale_langevin.main --config=configs/<set>.py --workdir=DIR [--mode=train|sample|eval|ablate]``.
+"""Entry point: ``python -m dale_langevin.main --config=configs/<set>.py --workdir=DIR [--mode=train|sample|eval|ablate|distill]``.
 
 Parses flags, asks for one host device per CPU core (so pmap uses every core on a CPU-only host)
 and for a host allocator that reuses XLA's per-step buffers (``config.host_allocator``),
@@ -29,7 +29,7 @@ from ml_collections import config_flags
 from dale_langevin.cpu import hostmem
 from dale_langevin.pipeline import parallel, storage
 
-MODES = ("train", "sample", "eval", "ablate")
+MODES = ("train", "sample", "eval", "ablate", "distill")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples (local or gs://).")
 _MODE = flags.DEFINE_enum(
@@ -37,7 +37,8 @@ _MODE = flags.DEFINE_enum(
     "train",
     list(MODES),
     "train (resumes if WORKDIR has a checkpoint, then samples), sample, eval (offline metrics), "
-    "or ablate (the config's ablation grid: trainings, rows, tables).",
+    "ablate (the config's ablation grid: trainings, rows, tables), or distill (a few-step student of "
+    "config.distill.teacher_workdir's model in WORKDIR, then samples).",
 )
 _MULTIHOST = flags.DEFINE_bool(
     "multihost",
@@ -56,11 +57,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def run(config, workdir: str, mode: str = "train"):
     """Runs ``mode`` on ``config`` in ``workdir``: what ``main`` does after its set-up; tests call it directly.
 
-    ``train`` trains (or resumes) and then samples; ``sample`` writes ``samples.npz``/``.png``;
+    ``train`` trains (or resumes) and then samples; ``distill`` distils ``config.distill.teacher_workdir``
+    into a student in ``workdir`` (or resumes) and then samples; ``sample`` writes ``samples.npz``/``.png``;
     ``eval`` writes ``eval.json``/``.md``; ``ablate`` runs ``config.ablation``'s grid. Returns that step's result.
     """
     from dale_langevin.evaluation import ablations, evaluate
-    from dale_langevin.pipeline import generate, train
+    from dale_langevin.pipeline import distill, generate, train
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -72,6 +74,10 @@ def run(config, workdir: str, mode: str = "train"):
         train.train_and_evaluate(config, workdir)
         if parallel.is_chief():
             print("Training done; sampling with the EMA parameters.", flush=True)
+    if mode == "distill":
+        distill.distill(config, workdir)
+        if parallel.is_chief():
+            print("Distillation done; sampling with the student's EMA parameters.", flush=True)
     return generate.sample_and_save(config, workdir)
 
 

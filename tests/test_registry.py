@@ -51,7 +51,7 @@ def test_settings_come_from_the_keyword_only_parameters():
     )
     assert dict(spec.types) == {"step_size": float}  # a None default keeps its type for the config placeholder
     assert dict(samplers.get("ode").defaults)["solver"] == "dpm2"
-    assert set(samplers.names("gbm")) == {"dale_langevin", "sign_agnostic", "ode", "ddim", "dpm2m", "dpm3m"}
+    assert set(samplers.names("gbm")) == {"dale_langevin", "sign_agnostic", "ode", "ddim", "dpm2m", "dpm3m", "renoise"}
     assert samplers.names("ve") == ("euler_maruyama",)
     assert samplers.get("ode").describe({"solver": "heun"}) == "ode (heun)"
 

@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "dale_langevin"
 # Lower layers first; a module may import its own layer and those before it.
 LAYERS = (
     ("dale_langevin.checks",),
-    ("dale_langevin.processes", "dale_langevin.losses", "dale_langevin.samplers"),
+    ("dale_langevin.processes", "dale_langevin.losses", "dale_langevin.samplers", "dale_langevin.distillation"),
     ("dale_langevin.nets", "dale_langevin.cpu"),
     ("dale_langevin.pipeline",),
     ("dale_langevin.evaluation",),

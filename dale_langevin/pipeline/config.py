@@ -30,7 +30,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from dale_langevin import losses, samplers
+from dale_langevin import distillation, losses, samplers
 from dale_langevin.checks import is_number
 from dale_langevin.cpu import conv as cpu_conv
 from dale_langevin.nets import NETWORKS, conditioning_dtype, network_fields
@@ -139,6 +139,25 @@ def default_config() -> ml_collections.ConfigDict:
             raise ValueError(f"sampler name {name!r} collides with the field config.sampling.{name}")
         spec = samplers.get(name)
         c.sampling[name] = _group(spec.defaults, spec.types)
+
+    # Distillation (--mode=distill; dale_langevin/distillation.py): a config with distill.teacher_workdir set
+    # describes a *student* run. Its work directory holds the student's checkpoints, and --mode=sample and
+    # --mode=eval draw from the student with config.sampling.method = "renoise", whose settings
+    # (sampling.renoise.n_steps, t_end, rho) are the student's times; a student of n steps also samples at
+    # any n_steps whose times are among its own (n = 4, rho 1: 1, 2 and 4).
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teacher_workdir = ""  # the trained run to distil (its latest EMA params); "" = not a student run
+    c.distill.n_iters = 1_000
+    c.distill.batch_size = 32  # global, over all devices and hosts
+    c.distill.lr = 1e-4  # Adam for the student (optim's betas, eps and clipping; no warm-up)
+    c.distill.fake_lr = 1e-4  # Adam for the fake-score network
+    c.distill.fake_updates = 1  # fake-score M-DSM updates per student update
+    c.distill.t_min = 0.02  # the DMD loss draws t ~ U[t_min T, t_max T]
+    c.distill.t_max = 0.98
+    c.distill.ema = 0.99  # the student's EMA decay (with ema.warmup), sampled by --mode=sample
+    c.distill.log_every = 50
+    c.distill.ckpt_every = 200
+    c.distill.sample_every = 0  # write a grid of the student's samples every this many steps; 0 = never
 
     c.eval = ml_collections.ConfigDict()
     c.eval.classifier_epochs = 3  # the feature classifier for offline FID/KID, trained once per workdir
@@ -306,6 +325,12 @@ RESUME_FIELDS = (
 )
 
 
+# A student run's trajectory: what it distils and how (n_iters and the logging cadence may change).
+DISTILL_RESUME_FIELDS = tuple(
+    f"distill.{k}" for k in ("teacher_workdir", "batch_size", "lr", "fake_lr", "fake_updates", "t_min", "t_max", "ema")
+)
+
+
 def _flat(node, prefix: str = "") -> dict:
     if isinstance(node, Mapping):
         out = {}
@@ -327,9 +352,16 @@ def _with_model_groups(saved: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def trajectory_fields(config) -> tuple[str, ...]:
-    """The config paths that fix a training's trajectory (and a resumed run must keep): :data:`RESUME_FIELDS`
-    and the selected process's group ``process.<name>``."""
-    return (*RESUME_FIELDS, f"process.{config.process.name}")
+    """The config paths that fix a training's trajectory (and a resumed run must keep): :data:`RESUME_FIELDS`,
+    the selected process's group ``process.<name>`` and, for a student run, :data:`DISTILL_RESUME_FIELDS` and
+    ``sampling.renoise``."""
+    student = (*DISTILL_RESUME_FIELDS, "sampling.renoise") if is_student(config) else ()
+    return (*RESUME_FIELDS, f"process.{config.process.name}", *student)
+
+
+def is_student(config) -> bool:
+    """True if ``config`` describes a distilled student's run (``config.distill.teacher_workdir`` is set)."""
+    return bool(config.distill.teacher_workdir)
 
 
 def resume_differences(saved: Mapping[str, Any], config) -> list[str]:
@@ -435,6 +467,28 @@ def _validate_model(config, spec) -> None:
         raise ValueError(f"config.{path} is invalid for {spec.name} images {spec.image_shape}: {err}") from err
 
 
+def _validate_distill(config, process: DiffusionProcess) -> None:
+    d = config.distill
+    _require(isinstance(d.teacher_workdir, str), "distill.teacher_workdir", 'must be a path (or "": no student)')
+    for field in ("n_iters", "batch_size", "fake_updates", "log_every", "ckpt_every"):
+        _require(_is_int(d[field]) and d[field] >= 1, f"distill.{field}", f"must be an int >= 1, got {d[field]!r}")
+    _require(_is_int(d.sample_every) and d.sample_every >= 0, "distill.sample_every", "must be an int >= 0")
+    parallel.per_device_batch(d.batch_size, "config.distill.batch_size")
+    for field in ("lr", "fake_lr"):
+        _require(is_number(d[field]) and d[field] > 0, f"distill.{field}", f"must be > 0, got {d[field]!r}")
+    _require(is_number(d.ema) and 0 <= d.ema < 1, "distill.ema", f"must lie in [0, 1), got {d.ema!r}")
+    try:
+        distillation.check_time_range(d.t_min, d.t_max)
+    except ValueError as err:  # its message names the field (distill.t_min, distill.t_max)
+        raise ValueError(f"config.{err}") from err
+    if is_student(config):
+        _require(
+            process.name == "gbm",
+            "distill.teacher_workdir",
+            f"distillation makes a multiplicative student of a GBM teacher; process.name is {process.name!r}",
+        )
+
+
 def unknown_fields(config) -> list[str]:
     """Leaves of ``config`` that :func:`default_config` does not have (``ablation.*`` excepted): typos, old names."""
     known = set(_leaves(default_config()))
@@ -514,6 +568,7 @@ def validate(config) -> None:
         f"must lie in [0, 1), got {config.ema.decay}",
     )
     _validate_sampling(config, process)
+    _validate_distill(config, process)
     e = config.eval
     for field in ("classifier_epochs", "kid_subsets", "kid_subset_size", "n_nearest", "inception_batch_size"):
         _require(isinstance(e[field], int) and e[field] >= 1, f"eval.{field}", f"must be an int >= 1, got {e[field]!r}")

@@ -27,11 +27,19 @@ from dale_langevin.pipeline import (
 from dale_langevin.pipeline.workdir import Workdir
 
 
-class _Logger:
-    """TensorBoard scalars, ``metrics.jsonl`` (one JSON object per log step) and a progress bar; process 0 only."""
+class ProgressLogger:
+    """TensorBoard scalars, ``metrics.jsonl`` (one JSON object per log step) and a progress bar showing the
+    ``postfix`` metrics; process 0 only. Training's and distillation's loops (:mod:`.distill`) log through it."""
 
-    def __init__(self, workdir: Workdir, total: int, start: int, enabled: bool):
-        self.enabled = enabled
+    def __init__(
+        self,
+        workdir: Workdir,
+        total: int,
+        start: int,
+        enabled: bool,
+        postfix: tuple[str, ...] = ("loss", "images_per_sec"),
+    ):
+        self.enabled, self.postfix = enabled, postfix
         self.writer = self.bar = self.jsonl = None
         if enabled:
             from tqdm import tqdm
@@ -51,7 +59,7 @@ class _Logger:
             self.writer.scalar(k, v, step)
         self.writer.flush()
         self.jsonl.write({"step": step, **values})
-        self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "images_per_sec")})
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in self.postfix})
 
     def close(self) -> None:
         if self.enabled:
@@ -60,7 +68,7 @@ class _Logger:
             self.bar.close()
 
 
-def _check_resume(config, wd: Workdir) -> None:
+def check_resume(config, wd: Workdir) -> None:
     """Refuses to resume the checkpoints in ``wd`` with a config that changes their model, data stream or trajectory."""
     saved = wd_lib.read_json(wd.config_json)
     if saved is None:
@@ -100,7 +108,7 @@ def train_and_evaluate(config, workdir: str | Workdir) -> dict:
         checkpoint.check_writable(wd.checkpoints)
     mngr = checkpoint.manager(wd.checkpoints, t.keep_checkpoints)
     if mngr.latest_step() is not None:  # before restoring: a changed model would fail there with a shape error
-        _check_resume(config, wd)
+        check_resume(config, wd)
     restored = checkpoint.restore_latest(mngr, state, quarantine=chief)
     if restored is not None:
         state = restored
@@ -125,7 +133,7 @@ def train_and_evaluate(config, workdir: str | Workdir) -> dict:
 
     p_step = parallel.pmap(step_fn, donate_argnums=(0,))
     rstate = parallel.replicate(state)
-    logger = _Logger(wd, t.n_iters, start, chief)
+    logger = ProgressLogger(wd, t.n_iters, start, chief)
     if chief:
         print(
             f"{'Resuming at' if start else 'Starting'} step {start}/{t.n_iters}: {config.data.dataset}, "

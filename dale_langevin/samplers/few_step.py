@@ -305,6 +305,61 @@ dpm3m_sample = _multistep_sample(
 )
 
 
+def renoise_times(process: MultiplicativeProcess, n_steps: int, t_end: float, rho: float = 1.0) -> jax.Array:
+    """The ``n_steps`` decreasing times ``(n_steps,)`` at which :func:`renoise_sample` denoises: the first
+    ``n_steps`` points of the ``power`` grid from ``T`` to ``t_end`` (:func:`time_grid`), so ``rho = 1`` spaces
+    them evenly in ``std`` (``std_T``, ``(n-1)/n std_T``, ... at ``t_end -> 0``)."""
+    return time_grid(process, n_steps, t_end, "power", rho)[:-1]
+
+
+def renoise_on_times(rng: jax.Array, score_fn: ScoreFn, x_T: jax.Array, process: MultiplicativeProcess, ts: jax.Array):
+    """Denoise, then re-noise by the forward kernel, at each of the decreasing times ``ts`` ``(n,)``; ``x_0`` ``(B, ...)``, > 0.
+
+    Step ``i`` takes the Tweedie estimate ``y0 = E[log X_0 | x_{t_i}]`` (:func:`~dale_langevin.samplers.ode.denoised_log`);
+    every step but the last draws ``x_{t_{i+1}} ~ p(x_{t_{i+1}} | x_0 = exp(y0))``, i.e.
+    ``log x = y0 + D(t_{i+1}) + std_{t_{i+1}} n``. The output is ``exp(y0)`` of the last step, so
+    ``x_0 = x_{t_i} exp(g)`` with ``g = y0 - log x_{t_i}``: positive by construction. ``len(ts)`` score
+    evaluations. This is the multistep sampling of a distilled student (:mod:`dale_langevin.distillation`), which is
+    trained so that each ``y0`` is a sample of the data law, not its mean; on a teacher it averages.
+    """
+    batch = x_T.shape[0]
+    keys = jax.random.split(rng, ts.shape[0])
+    y0 = denoised_log(jnp.log(x_T), jnp.full((batch,), ts[0]), score_fn, process)
+
+    def body(y0, inputs):
+        t, key = inputs
+        y = y0 + process.log_drift(t) + process.noise_std(t) * jax.random.normal(key, y0.shape, y0.dtype)
+        return denoised_log(y, jnp.full((batch,), t), score_fn, process), None
+
+    y0, _ = jax.lax.scan(body, y0, (ts[1:], keys[1:]))
+    return jnp.exp(y0)
+
+
+def check_renoise(process: MultiplicativeProcess, *, n_steps: int, t_end: float, rho: float) -> None:
+    """Raises ``ValueError`` naming the first bad setting of :func:`renoise_sample`."""
+    check_int(n_steps, "n_steps", 1)
+    check_range(t_end, "t_end", 0.0, process.T, low_open=True, high_open=True, why="(the grid's end)")
+    check_range(rho, "rho", 0.0, float("inf"), low_open=True, high_open=True, why="(the power grid's exponent)")
+
+
+def renoise_sample(
+    rng: jax.Array,
+    score_fn: ScoreFn,
+    x_T: jax.Array,
+    process: MultiplicativeProcess,
+    *,
+    n_steps: int = 4,
+    t_end: float = 2e-3,
+    rho: float = 1.0,
+):
+    """``n_steps`` denoise-and-re-noise steps from ``x_T`` ``(B, ...)`` at ``T`` (:func:`renoise_on_times` on
+    :func:`renoise_times`); returns ``x_0`` ``(B, ...)``, > 0. The sampler of a distilled student: its settings
+    must be the ones it was distilled with (``config.distill`` copies them). Network evaluations: ``n_steps``.
+    """
+    check_renoise(process, n_steps=n_steps, t_end=t_end, rho=rho)
+    return renoise_on_times(rng, score_fn, x_T, process, renoise_times(process, n_steps, t_end, rho))
+
+
 def network_evaluations(*, n_steps: int, denoise_steps: int, **_) -> int:
     """Score evaluations per sample of :func:`ddim_sample`, :func:`dpm2m_sample`, :func:`dpm3m_sample`: ``n_steps + denoise_steps``."""
     return n_steps + denoise_steps
@@ -319,3 +374,11 @@ for _name, _fn in (("ddim", ddim_sample), ("dpm2m", dpm2m_sample), ("dpm3m", dpm
         check=check,
         label=lambda eta, _name=_name, **_: f"{_name} (eta {eta})",
     )
+registry.register(
+    "renoise",
+    renoise_sample,
+    processes=("gbm",),
+    nfe=lambda n_steps, **_: n_steps,
+    check=check_renoise,
+    label=lambda n_steps, **_: f"renoise ({n_steps} steps)",
+)
