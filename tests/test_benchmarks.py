@@ -2,6 +2,7 @@
 
 import json
 import math
+import pathlib
 
 import pytest
 
@@ -172,3 +173,22 @@ def test_paper_budget_counts_flops_that_scale_with_the_network():
     for f in flops.values():
         assert 2.0 < f["train"] / f["forward"] < 4.0
     assert 2.0 < flops[8]["params"] / flops[4]["params"] < 4.0  # the per-level norm tables grow linearly
+
+
+def test_nfe_table_parses_entries_and_refuses_a_bad_one_before_drawing(tmp_path):
+    from benchmarks import nfe_table
+
+    demo = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+    assert nfe_table.parse_entries("renoise:n_steps=2; dpm2m:spacing=power,rho=1.0,eta=1 ;") == [
+        ("renoise", {"n_steps": 2}),
+        ("dpm2m", {"spacing": "power", "rho": 1.0, "eta": 1}),
+    ]
+    with pytest.raises(ValueError, match="not key=value"):
+        nfe_table.parse_entries("ddim:n_steps")
+    with pytest.raises(ValueError, match="names no sampler"):
+        nfe_table.parse_entries(" ; ")
+    # checked before any checkpoint is looked for: the workdir does not exist
+    with pytest.raises(ValueError, match="n_steps"):
+        nfe_table.main([f"--config={demo}", f"--workdir={tmp_path / 'none'}", "--entries=renoise:n_steps=0"])
+    with pytest.raises(ValueError, match="unknown sampler"):
+        nfe_table.main([f"--config={demo}", f"--workdir={tmp_path / 'none'}", "--entries=nope"])
