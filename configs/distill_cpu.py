@@ -21,6 +21,7 @@ def get_config():
     """The demo's network and prior; a 4-step student by DMD, batch 32, 1,000 steps."""
     c = load_config_file(os.path.join(os.path.dirname(__file__), "demo.py"))  # configs/ is loaded by path
     c.sampling.method = "renoise"
+    c.sampling.batch_size = 100  # the ablation's: benchmarks.nfe_table then draws the same starts as for the teacher
     c.sampling.renoise.n_steps = 4
     c.sampling.renoise.rho = 1.0  # times evenly spaced in std: the 1- and 2-step times are among the 4
     c.distill.n_iters = 1_000

@@ -18,7 +18,7 @@ import optax
 from dale_langevin import distillation
 from dale_langevin.losses import DEFAULT_PARAMETRISATION, Parametrisation, dsm_loss, network_score_fn
 from dale_langevin.nets import conditioning_dtype
-from dale_langevin.pipeline import checkpoint, config as config_lib, data, parallel
+from dale_langevin.pipeline import checkpoint, config as config_lib, data, parallel, workdir as wd_lib
 from dale_langevin.pipeline.workdir import Workdir
 from dale_langevin.samplers import few_step
 from dale_langevin.samplers.ode import denoised_log
@@ -292,9 +292,19 @@ def build(config, rng: jax.Array | None = None, model=None):
     return process, model, step, state
 
 
+def holds_student(config, workdir: Workdir) -> bool:
+    """True if ``workdir``'s checkpoints are a distilled student's: ``config`` is a student's
+    (:func:`config.is_student`) or the ``config.json`` the run wrote there is, so sampling a student needs
+    no ``distill.teacher_workdir`` on the command line."""
+    if config_lib.is_student(config):
+        return True
+    saved = wd_lib.read_json(workdir.config_json) or {}
+    return bool(saved.get("distill", {}).get("teacher_workdir"))
+
+
 def restore_latest(config, workdir: str | Workdir):
-    """The latest ``TrainState`` in ``workdir.checkpoints`` (a :class:`DistillState` for a student config,
-    :func:`config.is_student`), restored against its abstract shapes.
+    """The latest ``TrainState`` in ``workdir.checkpoints`` (a :class:`DistillState` where the work directory
+    holds a student, :func:`holds_student`), restored against its abstract shapes.
 
     Read-only: nothing is created in ``workdir``. A damaged newest step falls back to the previous
     one (:func:`checkpoint.restore_latest`). Raises ``FileNotFoundError`` when there is no checkpoint.
@@ -304,6 +314,6 @@ def restore_latest(config, workdir: str | Workdir):
     if mngr.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {workdir.checkpoints}: train first (--mode=train)")
     like = jax.eval_shape(lambda: build(config)[3])  # shapes only: no parameter initialisation
-    if config_lib.is_student(config):  # a distillation run: the student's DistillState
+    if holds_student(config, workdir):  # a distillation run: the student's DistillState
         like = jax.eval_shape(lambda: build_distill(config, like.params)[3])
     return checkpoint.restore_latest(mngr, like)
