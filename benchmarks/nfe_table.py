@@ -21,6 +21,7 @@ import json
 import time
 
 import numpy as np
+from etils import epath
 
 from dale_langevin.pipeline import config as config_lib, parallel
 
@@ -53,6 +54,25 @@ def summarise(draws: list[dict], key: str) -> str:
     return f"{v.mean():.2f}" if len(v) == 1 else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
 
 
+def write_strip(path: str, strips: list[tuple[str, np.ndarray]]) -> None:
+    """One labelled row of images ``(n, H, W, C)`` in [0, 1] per ``(label, images)``, as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dale_langevin.pipeline import images as images_lib, workdir as wd_lib
+
+    fig, axes = plt.subplots(len(strips), 1, figsize=(9, 0.95 * len(strips)), squeeze=False)
+    for ax, (label, imgs) in zip(axes[:, 0], strips):
+        ax.imshow(images_lib.make_grid(imgs, ncols=len(imgs)).squeeze(), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(label, fontsize=8, loc="left", pad=2)
+        ax.axis("off")
+    fig.tight_layout()
+    wd_lib.save_figure(epath.Path(path), fig)
+    plt.close(fig)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="the run's config file (configs/*.py)")
@@ -61,6 +81,7 @@ def main(argv=None) -> dict:
     p.add_argument("--n_samples", type=int, default=200, help="samples per draw (default 200, the ablation's)")
     p.add_argument("--seeds", default="0,1,2", help="report seeds, comma-separated (default 0,1,2)")
     p.add_argument("--out", default=None, help="JSON file for every draw's scores and the summary")
+    p.add_argument("--strip", default=None, help="PNG: the first seed's first 12 samples of every entry, one row each")
     args = p.parse_args(argv)
 
     config = config_lib.load_config_file(args.config)
@@ -80,7 +101,7 @@ def main(argv=None) -> dict:
     restored = state_lib.restore_latest(config, args.workdir)
     scorer = Scorer(config, args.workdir)
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = []
+    rows, strips = [], []
     for method, settings in entries:
         cfg = config.copy_and_resolve_references()
         with cfg.unlocked():
@@ -95,6 +116,8 @@ def main(argv=None) -> dict:
                 0
             ]
             draws.append({"seed": seed, **scorer.score(images), "seconds": time.perf_counter() - t0})
+            if seed == seeds[0]:
+                strips.append((f"{label}, NFE {nfe}", images[:12]))
             print(f"[nfe_table] {label} {settings} NFE {nfe} seed {seed}: FID {draws[-1]['fid']:.2f}", flush=True)
         rows.append({"method": method, "settings": settings, "label": label, "nfe": nfe, "draws": draws})
     print("\n| sampler | settings | NFE | FID | KID | class entropy | nn ratio |\n|---|---|---:|---|---|---|---|")
@@ -104,6 +127,8 @@ def main(argv=None) -> dict:
             f"| {r['label']} | {r['settings']} | {r['nfe']} | {summarise(d, 'fid')} | {summarise(d, 'kid')} | "
             f"{summarise(d, 'class_entropy')} | {summarise(d, 'nn_ratio')} |"
         )
+    if args.strip:
+        write_strip(args.strip, strips)
     result = {"config": args.config, "workdir": args.workdir, "step": int(restored.step), "rows": rows}
     if args.out:
         with open(args.out, "w") as f:

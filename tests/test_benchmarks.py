@@ -4,6 +4,7 @@ import json
 import math
 import pathlib
 
+import numpy as np
 import pytest
 
 from benchmarks import run
@@ -192,3 +193,15 @@ def test_nfe_table_parses_entries_and_refuses_a_bad_one_before_drawing(tmp_path)
         nfe_table.main([f"--config={demo}", f"--workdir={tmp_path / 'none'}", "--entries=renoise:n_steps=0"])
     with pytest.raises(ValueError, match="unknown sampler"):
         nfe_table.main([f"--config={demo}", f"--workdir={tmp_path / 'none'}", "--entries=nope"])
+
+
+def test_nfe_table_strip_has_one_labelled_row_per_entry(tmp_path):
+    from PIL import Image
+
+    from benchmarks import nfe_table
+
+    rows = [(f"row {i}", np.full((12, 28, 28, 1), i / 3.0, np.float32)) for i in range(3)]
+    nfe_table.write_strip(str(tmp_path / "strip.png"), rows)
+    with Image.open(tmp_path / "strip.png") as img:
+        width, height = img.size
+    assert width > 2 * height  # a wide strip of three rows, not a square grid
