@@ -80,6 +80,7 @@ def main(argv=None) -> dict:
     p.add_argument("--entries", required=True, help="method:key=value,...;method:... (see the module docstring)")
     p.add_argument("--n_samples", type=int, default=200, help="samples per draw (default 200, the ablation's)")
     p.add_argument("--seeds", default="0,1,2", help="report seeds, comma-separated (default 0,1,2)")
+    p.add_argument("--step", type=int, default=None, help="score the newest checkpoint at or before this step")
     p.add_argument("--out", default=None, help="JSON file for every draw's scores and the summary")
     p.add_argument("--strip", default=None, help="PNG: the first seed's first 12 samples of every entry, one row each")
     args = p.parse_args(argv)
@@ -98,7 +99,7 @@ def main(argv=None) -> dict:
     config_lib.validate(config)
     process, model = config_lib.make_process(config), config_lib.make_model(config)
     stats = generate.start_stats(config, process, args.workdir)
-    restored = state_lib.restore_latest(config, args.workdir)
+    restored = state_lib.restore_latest(config, args.workdir, max_step=args.step)
     scorer = Scorer(config, args.workdir)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows, strips = [], []

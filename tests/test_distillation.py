@@ -213,6 +213,7 @@ def test_bad_distill_settings_are_named(field, value, raises_naming):
 # --- the pipeline: a 2-step teacher, a 4-step student, 4 DMD steps -----------------------------------------
 
 STUDENT = {
+    "distill.fake_updates": 2,  # the loop, at half the compile time of the default 4
     "distill.n_iters": 4,
     "distill.batch_size": 4,
     "distill.log_every": 2,
@@ -252,6 +253,9 @@ def test_distill_writes_a_student_that_samples_positive(student):
     assert sorted(checkpoint.manager(wd.checkpoints).all_steps()) == [2, 4]
     restored = state_lib.restore_latest(c, workdir)
     assert isinstance(restored, state_lib.DistillState) and int(restored.step) == 4
+    assert int(state_lib.restore_latest(c, workdir, max_step=3).step) == 2  # an earlier checkpoint, for benchmarks
+    with pytest.raises(FileNotFoundError, match="at or before step 1"):
+        state_lib.restore_latest(c, workdir, max_step=1)
     # the student's own config.json says it is a student: sampling needs no teacher on the command line
     summary = run(tiny_config(**STUDENT), workdir, "sample")
     assert summary["method"] == "renoise" and summary["network_evaluations"] == 4 and summary["non_finite"] == 0

@@ -97,8 +97,12 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
         ) from e
 
 
-def restore_latest(mngr: ocp.CheckpointManager, like: Any, *, quarantine: bool = False, log=print) -> Any | None:
+def restore_latest(
+    mngr: ocp.CheckpointManager, like: Any, *, quarantine: bool = False, log=print, max_step: int | None = None
+) -> Any | None:
     """The newest readable checkpoint restored into the structure, shapes and dtypes of ``like``; ``None`` if none exists.
+
+    ``max_step`` limits the search to steps at or before it (a benchmark scoring an earlier checkpoint).
 
     ``like`` may be concrete arrays or ``jax.ShapeDtypeStruct`` leaves (from ``jax.eval_shape``). Every
     leaf is restored replicated over the current devices and returned on this process's first
@@ -109,7 +113,7 @@ def restore_latest(mngr: ocp.CheckpointManager, like: Any, *, quarantine: bool =
     ``<step>.damaged-<id>`` so that the run can write that step again. Raises
     :class:`CheckpointError` listing each step's error when no step restores.
     """
-    steps = sorted(mngr.all_steps(), reverse=True)
+    steps = sorted((s for s in mngr.all_steps() if max_step is None or s <= max_step), reverse=True)
     if not steps:
         return None
     abstract = parallel.replica_like(like)

@@ -302,12 +302,13 @@ def holds_student(config, workdir: Workdir) -> bool:
     return bool(saved.get("distill", {}).get("teacher_workdir"))
 
 
-def restore_latest(config, workdir: str | Workdir):
+def restore_latest(config, workdir: str | Workdir, max_step: int | None = None):
     """The latest ``TrainState`` in ``workdir.checkpoints`` (a :class:`DistillState` where the work directory
     holds a student, :func:`holds_student`), restored against its abstract shapes.
 
     Read-only: nothing is created in ``workdir``. A damaged newest step falls back to the previous
-    one (:func:`checkpoint.restore_latest`). Raises ``FileNotFoundError`` when there is no checkpoint.
+    one (:func:`checkpoint.restore_latest`); ``max_step`` takes the newest at or before that step. Raises
+    ``FileNotFoundError`` when there is no such checkpoint.
     """
     workdir = Workdir.of(workdir)
     mngr = checkpoint.manager(workdir.checkpoints, config.training.keep_checkpoints, create=False)
@@ -316,4 +317,7 @@ def restore_latest(config, workdir: str | Workdir):
     like = jax.eval_shape(lambda: build(config)[3])  # shapes only: no parameter initialisation
     if holds_student(config, workdir):  # a distillation run: the student's DistillState
         like = jax.eval_shape(lambda: build_distill(config, like.params)[3])
-    return checkpoint.restore_latest(mngr, like)
+    restored = checkpoint.restore_latest(mngr, like, max_step=max_step)
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint at or before step {max_step} in {workdir.checkpoints}")
+    return restored
