@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from dale_langevin.checks import check_range
 from dale_langevin.processes.base import MultiplicativeProcess, ScoreFn, expand_time
+from dale_langevin.samplers import few_step
 from dale_langevin.samplers.ode import denoised_log
 
 
@@ -85,23 +86,11 @@ def student_inputs(
 ) -> tuple[jax.Array, jax.Array]:
     """Where the student is trained: ``(log x_{t_i}, t_i)`` with ``i = index`` ``(B,)`` per example; ``((B, ...), (B,))``.
 
-    Runs the student's own sampler (:func:`~dale_langevin.samplers.few_step.renoise_on_times` with
-    ``score_fn`` the current student) from ``x_T`` over the times ``ts`` ``(n,)`` without gradients,
-    so step ``i`` is trained on the states it meets when sampling (DMD2's backward simulation).
-    ``n - 1`` score evaluations in one ``lax.scan``; ``rng`` draws the same re-noising the sampler
-    would with that key.
+    Runs the student's own sampler (:func:`~dale_langevin.samplers.few_step.renoise_states` with ``score_fn``
+    the current student) from ``x_T`` over the times ``ts`` ``(n,)`` without gradients, so step ``i`` is
+    trained on the states it meets when sampling (DMD2's backward simulation). ``n - 1`` score
+    evaluations; ``rng`` draws the same re-noising the sampler would with that key.
     """
-    batch = x_T.shape[0]
-    keys = jax.random.split(rng, ts.shape[0])
-    y_T = jnp.log(x_T)
-
-    def body(y, inputs):
-        t, s, key = inputs
-        y0 = denoised_log(y, jnp.full((batch,), t), score_fn, process)
-        y_s = y0 + process.log_drift(s) + process.noise_std(s) * jax.random.normal(key, y0.shape, y0.dtype)
-        return y_s, y_s
-
-    _, later = jax.lax.scan(body, y_T, (ts[:-1], ts[1:], keys[1:]))
-    states = jax.lax.stop_gradient(jnp.concatenate([y_T[None], later], axis=0))  # (n, B, ...)
-    y = jnp.take_along_axis(states, index.reshape(1, batch, *([1] * (y_T.ndim - 1))), axis=0)[0]
+    states = jax.lax.stop_gradient(few_step.renoise_states(rng, score_fn, x_T, process, ts))  # (n, B, ...)
+    y = jnp.take_along_axis(states, index.reshape(1, x_T.shape[0], *([1] * (x_T.ndim - 1))), axis=0)[0]
     return y, ts[index]

@@ -312,27 +312,39 @@ def renoise_times(process: MultiplicativeProcess, n_steps: int, t_end: float, rh
     return time_grid(process, n_steps, t_end, "power", rho)[:-1]
 
 
-def renoise_on_times(rng: jax.Array, score_fn: ScoreFn, x_T: jax.Array, process: MultiplicativeProcess, ts: jax.Array):
-    """Denoise, then re-noise by the forward kernel, at each of the decreasing times ``ts`` ``(n,)``; ``x_0`` ``(B, ...)``, > 0.
+def renoise_states(rng: jax.Array, score_fn: ScoreFn, x_T: jax.Array, process: MultiplicativeProcess, ts: jax.Array):
+    """The chain of :func:`renoise_on_times` before its last denoising: ``log x_{t_i}`` at every time ``ts`` ``(n,)``,
+    ``(n, B, ...)`` (``states[0] = log x_T``); ``n - 1`` score evaluations in one ``lax.scan``.
 
-    Step ``i`` takes the Tweedie estimate ``y0 = E[log X_0 | x_{t_i}]`` (:func:`~dale_langevin.samplers.ode.denoised_log`);
-    every step but the last draws ``x_{t_{i+1}} ~ p(x_{t_{i+1}} | x_0 = exp(y0))``, i.e.
-    ``log x = y0 + D(t_{i+1}) + std_{t_{i+1}} n``. The output is ``exp(y0)`` of the last step, so
-    ``x_0 = x_{t_i} exp(g)`` with ``g = y0 - log x_{t_i}``: positive by construction. ``len(ts)`` score
-    evaluations. This is the multistep sampling of a distilled student (:mod:`dale_langevin.distillation`), which is
-    trained so that each ``y0`` is a sample of the data law, not its mean; on a teacher it averages.
+    Step ``i`` takes the Tweedie estimate ``y0 = E[log X_0 | x_{t_i}]`` (:func:`~dale_langevin.samplers.ode.denoised_log`)
+    and draws ``x_{t_{i+1}} ~ p(x_{t_{i+1}} | x_0 = exp(y0))``: ``log x = y0 + D(t_{i+1}) + std_{t_{i+1}} n``, with the
+    ``i + 1``-th of ``n`` keys split from ``rng``. A distilled student is trained on these states
+    (:func:`dale_langevin.distillation.student_inputs`).
     """
     batch = x_T.shape[0]
     keys = jax.random.split(rng, ts.shape[0])
-    y0 = denoised_log(jnp.log(x_T), jnp.full((batch,), ts[0]), score_fn, process)
+    y_T = jnp.log(x_T)
 
-    def body(y0, inputs):
-        t, key = inputs
-        y = y0 + process.log_drift(t) + process.noise_std(t) * jax.random.normal(key, y0.shape, y0.dtype)
-        return denoised_log(y, jnp.full((batch,), t), score_fn, process), None
+    def body(y, inputs):
+        t, s, key = inputs
+        y0 = denoised_log(y, jnp.full((batch,), t), score_fn, process)
+        y_s = y0 + process.log_drift(s) + process.noise_std(s) * jax.random.normal(key, y0.shape, y0.dtype)
+        return y_s, y_s
 
-    y0, _ = jax.lax.scan(body, y0, (ts[1:], keys[1:]))
-    return jnp.exp(y0)
+    _, later = jax.lax.scan(body, y_T, (ts[:-1], ts[1:], keys[1:]))
+    return jnp.concatenate([y_T[None], later], axis=0)
+
+
+def renoise_on_times(rng: jax.Array, score_fn: ScoreFn, x_T: jax.Array, process: MultiplicativeProcess, ts: jax.Array):
+    """Denoise, then re-noise by the forward kernel, at each of the decreasing times ``ts`` ``(n,)``; ``x_0`` ``(B, ...)``, > 0.
+
+    The chain is :func:`renoise_states`; the output is ``exp(y0)`` of the Tweedie estimate at the last time,
+    so ``x_0 = x_{t_i} exp(g)`` with ``g = y0 - log x_{t_i}``: positive by construction. ``len(ts)`` score
+    evaluations. This is the multistep sampling of a distilled student (:mod:`dale_langevin.distillation`), which is
+    trained so that each ``y0`` is a sample of the data law, not its mean; on a teacher it averages.
+    """
+    y = renoise_states(rng, score_fn, x_T, process, ts)[-1]
+    return jnp.exp(denoised_log(y, jnp.full((x_T.shape[0],), ts[-1]), score_fn, process))
 
 
 def check_renoise(process: MultiplicativeProcess, *, n_steps: int, t_end: float, rho: float) -> None:
