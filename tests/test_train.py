@@ -579,7 +579,9 @@ def test_sample_and_eval_on_an_empty_workdir_say_train_first_and_write_nothing(t
 def test_main_run_refuses_an_unknown_mode(tmp_path):
     from dale_langevin import main
 
-    with pytest.raises(ValueError, match=r"mode must be one of \('train', 'sample', 'eval', 'ablate'\), got 'tune'"):
+    with pytest.raises(
+        ValueError, match=r"mode must be one of \('train', 'sample', 'eval', 'ablate', 'distill'\), got 'tune'"
+    ):
         main.run(tiny_config(), str(tmp_path), "tune")
 
 
