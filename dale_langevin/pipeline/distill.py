@@ -14,7 +14,6 @@ import contextlib
 import time
 
 import jax
-import numpy as np
 
 from dale_langevin.pipeline import (
     checkpoint,
@@ -104,12 +103,9 @@ def distill(config, workdir: str | Workdir) -> dict:
             at_log = step % d.log_every == 0 or step == d.n_iters
             at_ckpt = step % d.ckpt_every == 0 or step == d.n_iters or stop
             if at_log or at_ckpt:
-                values = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}
-                if not all(np.isfinite(v) for v in values.values()):
-                    raise FloatingPointError(
-                        f"non-finite distillation metrics at step {step}: {values}. The last good checkpoint is "
-                        f"step {mngr.latest_step()} in {wd.checkpoints}; lower distill.lr or distill.fake_lr."
-                    )
+                values = train.finite_metrics(
+                    metrics, step, mngr, "distillation", "lower distill.lr or distill.fake_lr"
+                )
                 now = time.perf_counter()
                 values["images_per_sec"] = (step - tick_step) * d.batch_size / (now - tick)
                 tick, tick_step, last = now, step, values

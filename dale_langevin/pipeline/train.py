@@ -68,6 +68,21 @@ class ProgressLogger:
             self.bar.close()
 
 
+def finite_metrics(metrics, step: int, mngr, run: str, fix: str) -> dict[str, float]:
+    """The replicated ``metrics`` as host floats (the loops' only host sync); ``FloatingPointError`` if any is
+    non-finite, naming the ``run`` ("training"), the last good checkpoint in ``mngr`` and the ``fix``."""
+    values = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}
+    if all(np.isfinite(v) for v in values.values()):
+        return values
+    good = mngr.latest_step()
+    where = (
+        f"The last good checkpoint is step {good} in {mngr.directory}"
+        if good is not None
+        else "No checkpoint was written before it"
+    )
+    raise FloatingPointError(f"non-finite {run} metrics at step {step}: {values}. {where}; {fix}.")
+
+
 def check_resume(config, wd: Workdir) -> None:
     """Refuses to resume the checkpoints in ``wd`` with a config that changes their model, data stream or trajectory."""
     saved = wd_lib.read_json(wd.config_json)
@@ -152,18 +167,7 @@ def train_and_evaluate(config, workdir: str | Workdir) -> dict:
                 step % t.ckpt_every == 0 or step == t.n_iters or stop,
             )
             if at_log or at_ckpt:
-                values = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}  # the only host sync
-                if not all(np.isfinite(v) for v in values.values()):
-                    good = mngr.latest_step()
-                    where = (
-                        f"The last good checkpoint is step {good} in {wd.checkpoints}"
-                        if good is not None
-                        else "No checkpoint was written before it"
-                    )
-                    raise FloatingPointError(
-                        f"non-finite training metrics at step {step}: {values}. {where}; lower optim.lr or check "
-                        "the data."
-                    )
+                values = finite_metrics(metrics, step, mngr, "training", "lower optim.lr or check the data")
                 now = time.perf_counter()
                 values["images_per_sec"] = (step - tick_step) * t.batch_size / (now - tick)
                 tick, tick_step, last = now, step, values
