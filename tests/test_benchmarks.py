@@ -205,3 +205,57 @@ def test_nfe_table_strip_has_one_labelled_row_per_entry(tmp_path):
     with Image.open(tmp_path / "strip.png") as img:
         width, height = img.size
     assert width > 2 * height  # a wide strip of three rows, not a square grid
+
+
+def _nfe_row(method, settings, nfe, fids, diverged=0.0):
+    draws = [
+        {"seed": i, "fid": f, "class_entropy": 0.9, "nn_ratio": 1.0, "diverged": diverged, "seconds": 2.0 + i}
+        for i, f in enumerate(fids)
+    ]
+    return {"method": method, "settings": settings, "nfe": nfe, "draws": draws}
+
+
+def test_nfe_report_sorts_by_nfe_compares_with_the_reference_and_leaves_out_failed_draws():
+    from benchmarks import nfe_report
+
+    ref = _nfe_row("dale_langevin", {"n_steps": 1000, "denoise_steps": 10}, 1010, [40.0, 38.0, 42.0])
+    teacher = {"rows": [ref, _nfe_row("dpm2m", {"n_steps": 4, "denoise_steps": 6}, 10, [44.0, 46.0, 42.0])]}
+    again = {"rows": [_nfe_row("dpm2m", {"n_steps": 4, "denoise_steps": 6}, 10, [44.0, 46.0, 42.0])]}
+    student = {"rows": [_nfe_row("renoise", {"n_steps": 1}, 1, [30.0, float("nan"), 34.0], diverged=0.5)]}
+    records = [("", teacher), ("", again), ("student", student)]
+    s = nfe_report.summarise_row(student["rows"][0])
+    assert (s["fid"], s["failed"], s["seconds"]) == (32.0, 1, 3.0)
+    np.testing.assert_allclose(s["fid_sd"], np.std([30.0, 34.0], ddof=1))
+    reference = nfe_report.find_reference(records, "dale_langevin", {"n_steps": 1000, "denoise_steps": 10})
+    assert reference is ref
+    lines = nfe_report.markdown_table(records, reference).splitlines()[2:]
+    assert len(lines) == 3  # the dpm2m row drawn twice with the same FIDs is shown once
+    assert [line.split(" | ")[2] for line in lines] == ["1", "10", "1010"]
+    cells = [line.split(" | ") for line in lines]
+    assert cells[0][0] == "| student: renoise" and "failed" in cells[0][3] and cells[0][7] == "50%"
+    assert cells[1][4] == "+10%"  # 44 over 40, minus one
+    assert cells[0][4] == "-20%" and cells[2][4] == "+0%" and "(reference)" in cells[2][0]
+    assert nfe_report.describe_settings({"n_steps": 4, "denoise_steps": 6, "eta": 1.0}) == "4 + 6, eta 1.0"
+    with pytest.raises(ValueError, match="0 matching rows"):
+        nfe_report.find_reference(records, "ode", {})
+
+
+def test_nfe_pivot_has_a_cell_per_sampler_and_nfe_and_refuses_two_rows_in_one_cell():
+    from benchmarks import nfe_report
+
+    rows = [
+        _nfe_row("dpm2m", {"n_steps": 2, "denoise_steps": 2}, 4, [40.0, 42.0]),
+        _nfe_row("dpm2m", {"n_steps": 4, "denoise_steps": 6}, 10, [30.0, 32.0]),
+        _nfe_row("sign_agnostic", {"n_steps": 2, "denoise_steps": 2}, 4, [float("nan")] * 2, diverged=1.0),
+        _nfe_row("sign_agnostic", {"n_steps": 15, "denoise_steps": 10}, 25, [29.0, 31.0], diverged=0.25),
+    ]
+    lines = nfe_report.pivot_table([("", {"rows": rows})], [4, 10, 25]).splitlines()
+    assert lines[0] == "| sampler | 4 NFE | 10 NFE | 25 NFE |"
+    assert lines[2] == f"| dpm2m | 41.0 ± {np.std([40, 42], ddof=1):.1f} | 31.0 ± 1.4 |  |"
+    assert lines[3] == "| sign_agnostic | diverged |  | 30.0 ± 1.4 (25% diverged) |"
+    twice = [
+        ("", {"rows": rows[:1]}),
+        ("", {"rows": [_nfe_row("dpm2m", {"n_steps": 3, "denoise_steps": 1}, 4, [50.0])]}),
+    ]
+    with pytest.raises(ValueError, match="two rows at NFE 4"):
+        nfe_report.pivot_table(twice)
