@@ -58,10 +58,22 @@ def summarise_row(row: dict) -> dict:
     }
 
 
+def _unique_rows(records: list[tuple[str, dict]]):
+    """``(name, row, summary)`` of every row, a row drawn again with the same FIDs (draws are deterministic) once."""
+    seen = set()
+    for name, rec in records:
+        for row in rec["rows"]:
+            s = summarise_row(row)
+            key = (name, row["method"], json.dumps(row["settings"], sort_keys=True), tuple(s["fids"]))
+            if key not in seen:
+                seen.add(key)
+                yield name, row, s
+
+
 def find_reference(records: list[tuple[str, dict]], method: str, settings: dict) -> dict:
     """The row of ``records`` (``(name, nfe_table JSON)`` pairs) drawn with ``method`` and ``settings``;
-    ``ValueError`` naming what was looked for if no row or several match."""
-    found = [r for _, rec in records for r in rec["rows"] if r["method"] == method and r["settings"] == settings]
+    ``ValueError`` naming what was looked for if no row or several (other than the same draws twice) match."""
+    found = [r for _, r, _ in _unique_rows(records) if r["method"] == method and r["settings"] == settings]
     if len(found) != 1:
         raise ValueError(f"reference {method} {settings}: {len(found)} matching rows in the records (need exactly 1)")
     return found[0]
@@ -93,18 +105,6 @@ def markdown_table(records: list[tuple[str, dict]], reference: dict | None = Non
             f"{s['class_entropy']:.3f} | {s['nn_ratio']:.2f} | {div} | {s['seconds']:.0f} |"
         )
     return "\n".join(lines)
-
-
-def _unique_rows(records: list[tuple[str, dict]]):
-    """``(name, row, summary)`` of every row, a row drawn again with the same FIDs (draws are deterministic) once."""
-    seen = set()
-    for name, rec in records:
-        for row in rec["rows"]:
-            s = summarise_row(row)
-            key = (name, row["method"], json.dumps(row["settings"], sort_keys=True), tuple(s["fids"]))
-            if key not in seen:
-                seen.add(key)
-                yield name, row, s
 
 
 def pivot_table(records: list[tuple[str, dict]], nfes: list[int] | None = None) -> str:
