@@ -246,6 +246,7 @@ def student(teacher, tmp_path_factory):
     return c, workdir, metrics
 
 
+@pytest.mark.slow
 def test_distill_writes_a_student_that_samples_positive(student):
     c, workdir, metrics = student
     assert all(np.isfinite(v) for v in metrics.values())
@@ -263,6 +264,7 @@ def test_distill_writes_a_student_that_samples_positive(student):
     assert raw.shape == (6, 28, 28, 1) and np.all(raw > 0)
 
 
+@pytest.mark.slow
 def test_distill_moves_the_student_from_the_teacher(student, teacher):
     c, workdir, _ = student
     s = state_lib.restore_latest(c, workdir)
@@ -273,6 +275,7 @@ def test_distill_moves_the_student_from_the_teacher(student, teacher):
     assert max(jax.tree.leaves(fake_moved)) > 0
 
 
+@pytest.mark.slow
 def test_distill_resume_continues_the_same_trajectory(student, teacher, tmp_path):
     c, workdir, _ = student
     resumed = str(tmp_path / "resumed")
@@ -283,12 +286,14 @@ def test_distill_resume_continues_the_same_trajectory(student, teacher, tmp_path
     chex.assert_trees_all_close(a.fake_params, b.fake_params, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_distill_refuses_a_changed_student_on_resume(student, teacher, tmp_path):
     _, workdir, _ = student
     with pytest.raises(ValueError, match=r"config\.distill\.lr"):
         distill.distill(student_config(teacher, **{"distill.lr": 3e-4, "distill.n_iters": 6}), workdir)
 
 
+@pytest.mark.slow
 def test_distill_errors_name_the_fix(teacher, tmp_path):
     with pytest.raises(ValueError, match="distill.teacher_workdir"):
         distill.distill(tiny_config(), str(tmp_path / "s"))
