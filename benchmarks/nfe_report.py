@@ -58,6 +58,15 @@ def summarise_row(row: dict) -> dict:
     }
 
 
+def _label(name: str, row: dict) -> str:
+    return f"{name}: {row['method']}" if name else row["method"]
+
+
+def _fid_text(s: dict) -> str:
+    """``"mean ± sd"`` of a :func:`summarise_row` summary (the mean alone for a single finite draw)."""
+    return f"{s['fid']:.1f}" + ("" if math.isnan(s["fid_sd"]) else f" ± {s['fid_sd']:.1f}")
+
+
 def _unique_rows(records: list[tuple[str, dict]]):
     """``(name, row, summary)`` of every row, a row drawn again with the same FIDs (draws are deterministic) once."""
     seen = set()
@@ -93,11 +102,11 @@ def markdown_table(records: list[tuple[str, dict]], reference: dict | None = Non
     items = [(row["nfe"], s, name, row) for name, row, s in _unique_rows(records)]
     items.sort(key=lambda it: (it[0], math.inf if math.isnan(it[1]["fid"]) else it[1]["fid"]))
     for nfe, s, name, row in items:
-        label = f"{name}: {row['method']}" if name else row["method"]
+        label = _label(name, row)
         if reference is not None and row["method"] == reference["method"] and row["settings"] == reference["settings"]:
             label += " (reference)"
         seeds = ", ".join("failed" if math.isnan(f) else f"{f:.2f}" for f in s["fids"])
-        fid = f"{s['fid']:.1f}" + ("" if math.isnan(s["fid_sd"]) else f" ± {s['fid_sd']:.1f}")
+        fid = _fid_text(s)
         vs = "" if math.isnan(ref_fid) or math.isnan(s["fid"]) else f"{100 * (s['fid'] / ref_fid - 1):+.0f}%"
         div = f"{100 * s['diverged']:.0f}%" if s["diverged"] else "0"
         lines.append(
@@ -116,13 +125,13 @@ def pivot_table(records: list[tuple[str, dict]], nfes: list[int] | None = None) 
     """
     cells: dict[str, dict[int, str]] = {}
     for name, row, s in _unique_rows(records):
-        label = f"{name}: {row['method']}" if name else row["method"]
+        label = _label(name, row)
         if row["nfe"] in cells.setdefault(label, {}):
             raise ValueError(f"{label} has two rows at NFE {row['nfe']}; give one of their files another name=")
         if math.isnan(s["fid"]):
             cell = "diverged"
         else:
-            cell = f"{s['fid']:.1f}" + ("" if math.isnan(s["fid_sd"]) else f" ± {s['fid_sd']:.1f}")
+            cell = _fid_text(s)
             if s["diverged"]:
                 cell += f" ({100 * s['diverged']:.0f}% diverged)"
         cells[label][row["nfe"]] = cell
